@@ -1,0 +1,191 @@
+"""Stage `best`: take the best trial by `tune` F1, export and register its student, and
+write the result files the report is built from (reports/metrics.json, curves.csv,
+importances.json).
+
+Latency is measured here, on this machine, for teacher, baseline and best student:
+per question, batch 1 and batch 32, on dev windows.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from study import baseline as baseline_stage
+from study import search as search_stage
+from study import teacher as teacher_stage
+from study.config import Config
+from study.data import build_eval_features
+from study.distill import distill_student, setup_of
+from study.errors import StudyError
+from study.io import read_json, staged_dir, write_json
+from study.modeling import load_qa_model, load_tokenizer, model_inputs, parameter_count
+from study.tracking import RunHandle, Tracker, device_name, git_state, package_versions
+from study.training import apply_runtime, load_splits
+
+
+def output_dir(cfg: Config) -> Path:
+    return cfg.artifacts / "best"
+
+
+@torch.inference_mode()
+def latency_ms(model, tokenizer, records: list[dict], cfg: Config, questions: int = 48) -> dict:
+    """Milliseconds per question for batch sizes 1 and 32 (CPU unless runtime says cuda)."""
+    from transformers import DataCollatorWithPadding
+    recs = records[:questions]
+    feats = build_eval_features(recs, tokenizer, cfg.data.max_length, cfg.data.doc_stride)
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in feats.column_names]
+    rows = feats.select_columns(cols)
+    collate = DataCollatorWithPadding(tokenizer)
+    model = model.eval()
+    out = {}
+    for bs in (1, 32):
+        batches = [collate([rows[j] for j in range(i, min(i + bs, len(rows)))])
+                   for i in range(0, len(rows), bs)]
+        model(**model_inputs(model, batches[0]))  # warm-up
+        t0 = time.perf_counter()
+        for b in batches:
+            model(**model_inputs(model, b))
+        out[f"batch{bs}"] = round(1000 * (time.perf_counter() - t0) / len(recs), 3)
+    return out
+
+
+def log_registered_model(tracker: Tracker, handle: RunHandle, model_dir: Path, name: str) -> str | None:
+    """Log the student as an MLflow transformers model and register it under `name`."""
+    import mlflow
+    from transformers import pipeline
+
+    qa = pipeline("question-answering", model=str(model_dir), tokenizer=str(model_dir), device=-1)
+    with mlflow.start_run(run_id=handle.run_id):
+        # Explicit requirements: mlflow's defaults assume torchvision is installed.
+        reqs = [f"{pkg}=={v}" for pkg, v in package_versions().items()
+                if pkg in ("torch", "transformers") and v != "absent"]
+        info = mlflow.transformers.log_model(transformers_model=qa, name="model",
+                                             task="question-answering", pip_requirements=reqs)
+    version = mlflow.register_model(info.model_uri, name)
+    return str(version.version)
+
+
+def _curve_rows(role: str, doc: dict) -> list[dict]:
+    return [{"role": role, "step": p["step"], "tune_exact_match": p["tune_exact_match"],
+             "tune_f1": p["tune_f1"]} for p in doc.get("curve", [])]
+
+
+def _model_entry(doc: dict, model_name: str, latency: dict, params: int) -> dict:
+    return {"model": model_name, "dev": doc["dev"], "tune": doc["tune"], "parameters": params,
+            "mlflow_run_id": doc.get("mlflow_run_id"), "latency_ms": latency}
+
+
+def describe_data(cfg: Config, manifest: dict) -> str:
+    s = manifest["splits"]
+    counts = " / ".join(f"{n} {s[n]['questions']}" for n in ("train", "tune", "dev"))
+    src = {"embedded": "embedded XQuAD-en (1,190 SQuAD v1.1 dev questions), split by article",
+           "hub": f"the hub data set {cfg.data.hub_name!r} (dev = official validation)",
+           "local": f"local SQuAD files {cfg.data.path}"}[cfg.data.source]
+    return f"{src}: {counts} questions"
+
+
+def run(cfg: Config) -> dict:
+    apply_runtime(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = search_stage.load_study(cfg)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise StudyError(f"study {study.study_name!r} has no complete trial: run `study search` first") from None
+    summary = search_stage.summarise(study)
+    params = dict(best.params)
+    tcfg = search_stage.trial_config(cfg, params)
+    tracker = Tracker(cfg)
+    parent = study.user_attrs.get(search_stage.PARENT_ATTR)
+    teacher_doc = read_json(teacher_stage.output_dir(cfg) / "metrics.json", "teacher metrics",
+                            "run `study teacher` first")
+    baseline_doc = read_json(baseline_stage.output_dir(cfg) / "metrics.json", "baseline metrics",
+                             "run `study baseline` first")
+    kept = search_stage.output_dir(cfg) / "trials" / str(best.number)
+    splits, hashes = load_splits(cfg)
+    with staged_dir(output_dir(cfg)) as out:
+        handle = tracker.start(f"best-trial-{best.number}", "best",
+                               params={**params, "trial_number": best.number, "seed": cfg.seed,
+                                       "weights": "kept" if (kept / "model").exists() else "retrained"},
+                               tags={"study_name": study.study_name, "source_run_id":
+                                     best.user_attrs.get(search_stage.RUN_ATTR, "")},
+                               parent_run_id=parent, split_hashes=hashes)
+        try:
+            if (kept / "model").exists() and (kept / "metrics.json").exists():
+                for item in kept.iterdir():
+                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / item.name)
+                best_doc = read_json(out / "metrics.json", "trial metrics", "")
+            else:  # weights not kept: re-train from the trial's params and seed (deterministic)
+                best_doc = distill_student(tcfg, setup_of(tcfg), out, cfg.seed,
+                                           f"best-trial-{best.number}", role="best", handle=handle)
+            best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
+            version = log_registered_model(tracker, handle, out / "model",
+                                           cfg.tracking.registered_model.format(profile=cfg.profile))
+            handle.set_tags({"registered_model_version": version})
+            handle.log_metrics({"dev_f1": best_doc["dev"]["f1"],
+                                "dev_exact_match": best_doc["dev"]["exact_match"],
+                                "tune_f1": best_doc["tune"]["f1"]})
+        except BaseException as exc:
+            tracker.end(handle, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                        f"{type(exc).__name__}: {exc}")
+            raise
+        tracker.end(handle, "FINISHED")
+
+    models = {}
+    dev = splits["dev"]
+    for role, folder in (("teacher", teacher_stage.output_dir(cfg) / "model"),
+                         ("baseline", baseline_stage.output_dir(cfg) / "model"),
+                         ("distilled", output_dir(cfg) / "model")):
+        m, tok = load_qa_model(str(folder)), load_tokenizer(str(folder))
+        models[role] = (latency_ms(m, tok, dev, cfg), parameter_count(m), m.config.model_type,
+                        getattr(m.config, "num_hidden_layers", getattr(m.config, "n_layers", "?")))
+    names = {role: f"{cfg.teacher.init if role == 'teacher' else cfg.student.init} "
+                   f"({mt}, {nl} layers)" for role, (_, _, mt, nl) in models.items()}
+    if cfg.teacher.init == "embedded":
+        names["teacher"] = f"MiniLM-L6-H384 fine-tuned ({models['teacher'][2]}, {models['teacher'][3]} layers)"
+    manifest = read_json(cfg.artifacts / "data" / "split.json", "split manifest", "run `study prepare` first")
+    metrics = {
+        "profile": cfg.profile, "data": describe_data(cfg, manifest),
+        "teacher": _model_entry(teacher_doc, names["teacher"], *models["teacher"][:2]),
+        "baseline": _model_entry(baseline_doc, names["baseline"], *models["baseline"][:2]),
+        "distilled": {**_model_entry(best_doc, names["distilled"], *models["distilled"][:2]),
+                      "trial": best.number, "params": params},
+        "search": {**summary, "parent_run_id": parent},
+        "best_run_id": handle.run_id, "registered_model": {
+            "name": cfg.tracking.registered_model.format(profile=cfg.profile), "version": version},
+        "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
+    }
+    cfg.reports.mkdir(parents=True, exist_ok=True)
+    write_json(cfg.reports / "metrics.json", metrics)
+    rows = _curve_rows("baseline", baseline_doc) + _curve_rows("distilled", best_doc)
+    with (cfg.reports / "curves.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["role", "step", "tune_exact_match", "tune_f1"])
+        w.writeheader()
+        w.writerows(rows)
+    importances = importance(study)
+    if importances is not None:
+        write_json(cfg.reports / "importances.json", importances)
+    search_stage.export_trials(study, cfg.reports / "trials.csv")
+    print(f"best trial {best.number} {params}: tune F1 {best.value:.2f}, dev EM/F1 "
+          f"{best_doc['dev']['exact_match']:.2f}/{best_doc['dev']['f1']:.2f}; "
+          f"exported to {output_dir(cfg) / 'model'}, registered as "
+          f"{metrics['registered_model']['name']} v{version}")
+    return metrics
+
+
+def importance(study: optuna.Study) -> dict[str, float] | None:
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return None
+    try:
+        values = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError):
+        return None
+    return {k: round(float(v), 6) for k, v in sorted(values.items())}

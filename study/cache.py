@@ -1,0 +1,106 @@
+"""The teacher is paid for once: its start/end logits on the training windows, on disk.
+
+The teacher is frozen and in eval mode, so its logits for a training window never
+change. They are computed once per (teacher weights, tokenizer, max length, doc stride,
+windows) -- the key is a hash of exactly those -- stored as two memory-mapped
+[n_windows, max_length] arrays (float16 by default) and reused by every trial and epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from study.data import features_hash
+from study.modeling import model_inputs
+
+
+def weights_hash(model_dir: Path | None, model: torch.nn.Module) -> str:
+    """Hash of the teacher's safetensors files, or of its tensors when it has no folder."""
+    h = hashlib.sha256()
+    files = sorted(Path(model_dir).glob("*.safetensors")) if model_dir else []
+    if files:
+        for f in files:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+    else:
+        for name, tensor in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(weights: str, tokenizer, max_length: int, doc_stride: int, features) -> str:
+    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    parts = [weights, vocab, str(max_length), str(doc_stride), features_hash(features)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+class TeacherLogitCache:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.meta = json.loads((self.directory / "meta.json").read_text())
+        self.start = np.load(self.directory / "start.npy", mmap_mode="r")
+        self.end = np.load(self.directory / "end.npy", mmap_mode="r")
+
+    def lookup(self, feature_index: torch.Tensor, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = feature_index.detach().cpu().numpy()
+        # Fancy indexing on a memmap copies just these rows.
+        s = torch.from_numpy(np.asarray(self.start[idx, :seq_len], dtype=np.float32))
+        e = torch.from_numpy(np.asarray(self.end[idx, :seq_len], dtype=np.float32))
+        return s.to(device), e.to(device)
+
+
+@torch.no_grad()
+def compute_logits(teacher, features, collator, batch_size: int, device, max_length: int,
+                   dtype: str, out_dir: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    n = len(features)
+    start = np.lib.format.open_memmap(out_dir / "start.npy", mode="w+", dtype=dtype, shape=(n, max_length))
+    end = np.lib.format.open_memmap(out_dir / "end.npy", mode="w+", dtype=dtype, shape=(n, max_length))
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
+    loader = DataLoader(features.select_columns(cols), batch_size=batch_size, collate_fn=collator)
+    teacher = teacher.to(device).eval()
+    row = 0
+    for batch in tqdm(loader, desc="teacher logits", leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = teacher(**model_inputs(teacher, batch))
+        b, length = batch["input_ids"].shape
+        mask = batch["attention_mask"].bool()
+        s = out.start_logits.float().masked_fill(~mask, 0).cpu().numpy()
+        e = out.end_logits.float().masked_fill(~mask, 0).cpu().numpy()
+        start[row:row + b] = 0
+        end[row:row + b] = 0
+        start[row:row + b, :length] = s
+        end[row:row + b, :length] = e
+        row += b
+    start.flush()
+    end.flush()
+
+
+def build_or_load(teacher, teacher_dir: Path | None, tokenizer, features, collator, *, root: Path,
+                  max_length: int, doc_stride: int, batch_size: int, device,
+                  dtype: str = "float16") -> TeacherLogitCache:
+    key = cache_key(weights_hash(teacher_dir, teacher), tokenizer, max_length, doc_stride, features)
+    directory = Path(root) / f"{key}-{dtype}"
+    if (directory / "meta.json").exists():
+        return TeacherLogitCache(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    compute_logits(teacher, features, collator, batch_size, device, max_length, dtype, tmp)
+    (tmp / "meta.json").write_text(json.dumps({
+        "key": key, "windows": len(features), "max_length": max_length, "doc_stride": doc_stride,
+        "dtype": dtype, "teacher": str(teacher_dir) if teacher_dir else None}, indent=2))
+    # Written complete, then renamed: a killed run never leaves a half cache behind.
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return TeacherLogitCache(directory)

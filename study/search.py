@@ -1,0 +1,356 @@
+"""Stage `search`: an Optuna study over temperature and loss weights, tracked in MLflow.
+
+The study lives in a database (SQLite by default, any SQLAlchemy URL such as PostgreSQL,
+or Optuna's file journal) and resumes: each `study search` adds trials to it, and
+several workers may share it. With an RDB storage, heartbeats let a worker that starts
+later mark a dead worker's trial FAIL; its MLflow run is then closed as KILLED.
+
+MLflow: the study is one parent run; each trial a nested run named `trial-<number>`.
+The objective is F1 on `tune`; `dev` is scored at the end of each trial, for reports only.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from transformers import TrainerCallback
+
+from study import baseline as baseline_stage
+from study import teacher as teacher_stage
+from study.config import Config, validate_distill_weights
+from study.distill import setup_of
+from study.errors import StudyError
+from study.io import read_json
+from study.tracking import RunHandle, Tracker
+from study.training import DistillSetup, load_splits
+
+PARENT_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"
+# Testing hook for the failure path: trial numbers that raise inside training.
+FAULT_ENV = "STUDY_FAULT_TRIALS"
+
+
+def output_dir(cfg: Config) -> Path:
+    return cfg.artifacts / "search"
+
+
+# --------------------------------------------------------------------------- storage
+def make_storage(cfg: Config, url: str | None = None):
+    url = url or cfg.storage_url
+    s = cfg.search
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudyError(f"cannot create the study folder {db.parent}: {exc.strerror}") from None
+        # Several local workers share one file: wait for the lock instead of failing.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat_interval,
+            grace_period=s.grace_period,
+            failed_trial_callback=None)
+    except Exception as exc:  # noqa: BLE001
+        raise StudyError(f"cannot open Optuna storage {url}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def make_pruner(cfg: Config):
+    if cfg.search.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=cfg.search.n_startup_trials,
+                                       n_warmup_steps=cfg.search.pruner_warmup_steps)
+
+
+def load_study(cfg: Config, storage=None, study_name: str | None = None):
+    storage = storage or make_storage(cfg)
+    name = study_name or cfg.search.study_name
+    # Offset the seed by the trials already there, so a resumed session does not
+    # replay the first session's startup samples; one worker stays reproducible.
+    n_existing = 0
+    try:
+        n_existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        pass
+    sampler = optuna.samplers.TPESampler(seed=cfg.search.sampler_seed + n_existing,
+                                         n_startup_trials=cfg.search.n_startup_trials)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                               pruner=make_pruner(cfg), direction="maximize", load_if_exists=True)
+
+
+# --------------------------------------------------------------------------- callbacks
+class PruningCallback(TrainerCallback):
+    """Reports each `tune` evaluation to Optuna and stops the trial when told to."""
+
+    def __init__(self, trial: optuna.Trial, fault: bool = False):
+        self.trial, self.fault, self.reports = trial, fault, 0
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if "eval_f1" not in (metrics or {}):
+            return
+        self.reports += 1
+        if self.fault:
+            raise RuntimeError(f"injected fault ({FAULT_ENV}) in trial {self.trial.number}")
+        self.trial.report(metrics["eval_f1"], step=self.reports)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at evaluation {self.reports} "
+                                     f"(tune F1 {metrics['eval_f1']:.2f})")
+
+
+class NanGuard(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {state.global_step}")
+
+
+# --------------------------------------------------------------------------- objective
+def suggest(cfg: Config, trial: optuna.Trial) -> dict[str, float]:
+    s = cfg.search
+    params = {
+        "temperature": trial.suggest_float("temperature", s.temperature.low, s.temperature.high,
+                                           log=s.temperature.log),
+        "alpha_ce": trial.suggest_float("alpha_ce", s.alpha_ce.low, s.alpha_ce.high,
+                                        log=s.alpha_ce.log),
+        "alpha_squad": trial.suggest_float("alpha_squad", s.alpha_squad.low, s.alpha_squad.high,
+                                           log=s.alpha_squad.log),
+    }
+    if s.learning_rate is not None:
+        params["learning_rate"] = trial.suggest_float(
+            "learning_rate", s.learning_rate.low, s.learning_rate.high, log=s.learning_rate.log)
+    return params
+
+
+def trial_config(cfg: Config, params: dict[str, float]) -> Config:
+    import dataclasses
+    validate_distill_weights(params["temperature"], params["alpha_ce"], params["alpha_squad"],
+                             "trial")
+    distill = dataclasses.replace(cfg.distill, temperature=params["temperature"],
+                                  alpha_ce=params["alpha_ce"], alpha_squad=params["alpha_squad"])
+    student = cfg.student
+    if "learning_rate" in params:
+        student = dataclasses.replace(student, train=dataclasses.replace(
+            student.train, learning_rate=params["learning_rate"]))
+    return cfg.replace(distill=distill, student=student)
+
+
+def _faults() -> set[int]:
+    return {int(x) for x in os.environ.get(FAULT_ENV, "").split(",") if x.strip()}
+
+
+class Objective:
+    def __init__(self, cfg: Config, tracker: Tracker, parent_run_id: str, study_name: str):
+        self.cfg, self.tracker = cfg, tracker
+        self.parent_run_id, self.study_name = parent_run_id, study_name
+        self.splits, self.hashes = load_splits(cfg)
+        teacher_stage.load_trained(cfg)  # fail early, before any trial, if there is none
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from study.distill import distill_student
+
+        params = suggest(self.cfg, trial)
+        cfg = self.cfg
+        run_params = {**params, "seed": cfg.seed, "trial_number": trial.number,
+                      "profile": cfg.profile, "student": cfg.student.init,
+                      "student.layers": list(cfg.student.layers or []),
+                      "teacher": str(teacher_stage.output_dir(cfg) / "model"),
+                      "learning_rate": params.get("learning_rate", cfg.student.train.learning_rate)}
+        handle = self.tracker.start(f"trial-{trial.number}", "trial", params=run_params,
+                                    tags={"study_name": self.study_name, "optuna_trial": trial.number},
+                                    parent_run_id=self.parent_run_id, split_hashes=self.hashes)
+        trial.set_user_attr(RUN_ATTR, handle.run_id)
+        out = output_dir(cfg) / "trials" / str(trial.number)
+        try:
+            tcfg = trial_config(cfg, params)
+            handle.log_dict(tcfg.to_dict(), "config.json")
+            setup = DistillSetup(**{**setup_of(tcfg).__dict__})
+            doc = distill_student(
+                tcfg, setup, out, cfg.seed, f"trial-{trial.number}", role="trial",
+                callbacks=[PruningCallback(trial, trial.number in _faults()), NanGuard()],
+                save=cfg.search.keep_weights, handle=handle)
+        except optuna.TrialPruned as exc:
+            handle.set_tags({"optuna_state": "PRUNED", "prune_reason": str(exc)})
+            self.tracker.end(handle, "FINISHED")
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            handle.set_tags({"optuna_state": "FAIL"})
+            self.tracker.end(handle, "KILLED", "interrupted")
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:2000]
+            trial.set_user_attr("fail_reason", reason)
+            handle.set_tags({"optuna_state": "FAIL"})
+            self.tracker.end(handle, "FAILED", reason)
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        for split in ("tune", "dev"):
+            for k, v in doc[split].items():
+                trial.set_user_attr(f"{split}_{k}", v)
+        handle.set_tags({"optuna_state": "COMPLETE"})
+        self.tracker.end(handle, "FINISHED")
+        return doc["tune"]["f1"]
+
+
+# --------------------------------------------------------------------------- parent run
+def _linked_runs(cfg: Config) -> dict[str, str]:
+    tags = {}
+    for role, stage in (("teacher", teacher_stage), ("baseline", baseline_stage)):
+        path = stage.output_dir(cfg) / "metrics.json"
+        if path.exists():
+            tags[f"{role}_run_id"] = read_json(path, f"{role} metrics", "").get("mlflow_run_id") or ""
+    return tags
+
+
+def parent_run(cfg: Config, tracker: Tracker, study: optuna.Study, storage_url: str,
+               storage) -> RunHandle:
+    """The study's parent run: found through the study's user attrs, else created once."""
+    existing = study.user_attrs.get(PARENT_ATTR)
+    if existing:
+        try:
+            tracker.client.get_run(existing)
+            tracker.client.update_run(existing, status="RUNNING")
+            return RunHandle(tracker.client, existing)
+        except Exception:  # noqa: BLE001 - recorded in another MLflow store: start anew here
+            pass
+    handle = tracker.start(f"study-{study.study_name}", "study",
+                           params={"study_name": study.study_name, "profile": cfg.profile,
+                                   "sampler": "TPE", "sampler_seed": cfg.search.sampler_seed,
+                                   "pruner": cfg.search.pruner,
+                                   "search_space": {k: getattr(cfg.search, k) for k in
+                                                    ("temperature", "alpha_ce", "alpha_squad",
+                                                     "learning_rate")}},
+                           tags={"study_name": study.study_name, "optuna_storage": storage_url,
+                                 **_linked_runs(cfg)})
+    current = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs
+    if current.get(PARENT_ATTR) and current[PARENT_ATTR] != handle.run_id:
+        tracker.client.delete_run(handle.run_id)  # another worker won the race
+        return RunHandle(tracker.client, current[PARENT_ATTR])
+    study.set_user_attr(PARENT_ATTR, handle.run_id)
+    return handle
+
+
+def close_stale(study: optuna.Study, tracker: Tracker) -> int:
+    """Mark trials of dead workers FAIL (heartbeats) and close their RUNNING MLflow runs."""
+    try:
+        optuna.storages.fail_stale_trials(study)
+    except Exception:  # noqa: BLE001 - storages without heartbeats have nothing to fail
+        pass
+    ids = [t.user_attrs[RUN_ATTR] for t in study.get_trials(deepcopy=False)
+           if t.state == optuna.trial.TrialState.FAIL and RUN_ATTR in t.user_attrs]
+    return tracker.close_stale_runs(ids, "KILLED", "worker died (no heartbeat)")
+
+
+def summarise(study: optuna.Study) -> dict[str, Any]:
+    states = [t.state.name for t in study.trials]
+    doc: dict[str, Any] = {"study_name": study.study_name, "n_trials": len(states),
+                           **{f"n_{s.lower()}": states.count(s) for s in
+                              ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}}
+    try:
+        best = study.best_trial
+        doc.update(best_trial=best.number, best_tune_f1=best.value, best_params=best.params,
+                   best_dev_f1=best.user_attrs.get("dev_f1"),
+                   best_dev_exact_match=best.user_attrs.get("dev_exact_match"))
+    except ValueError:
+        doc.update(best_trial=None)
+    return doc
+
+
+def export_trials(study: optuna.Study, path: Path) -> None:
+    cols = ["number", "state", "temperature", "alpha_ce", "alpha_squad", "learning_rate",
+            "tune_f1", "tune_exact_match", "dev_f1", "dev_exact_match", "duration_s",
+            "mlflow_run_id", "fail_reason"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for t in sorted(study.trials, key=lambda t: t.number):
+            ua = t.user_attrs
+            w.writerow({
+                "number": t.number, "state": t.state.name,
+                **{k: t.params.get(k, "") for k in ("temperature", "alpha_ce", "alpha_squad",
+                                                    "learning_rate")},
+                "tune_f1": t.value if t.value is not None else ua.get("tune_f1", ""),
+                "tune_exact_match": ua.get("tune_exact_match", ""),
+                "dev_f1": ua.get("dev_f1", ""), "dev_exact_match": ua.get("dev_exact_match", ""),
+                "duration_s": round(t.duration.total_seconds(), 1) if t.duration else "",
+                "mlflow_run_id": ua.get(RUN_ATTR, ""), "fail_reason": ua.get("fail_reason", ""),
+            })
+    tmp.replace(path)
+
+
+def prune_weights(study: optuna.Study, cfg: Config) -> None:
+    """Keep only the best trial's weights on disk (each student is ~70 MB)."""
+    root = output_dir(cfg) / "trials"
+    if not root.exists():
+        return
+    try:
+        keep = str(study.best_trial.number)
+    except ValueError:
+        keep = None
+    running = {str(t.number) for t in study.get_trials(deepcopy=False,
+                                                       states=(optuna.trial.TrialState.RUNNING,))}
+    for d in root.iterdir():
+        if d.name != keep and d.name not in running:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
+        storage: str | None = None, study_name: str | None = None) -> dict:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_url = storage or cfg.storage_url
+    storage_obj = make_storage(cfg, storage_url)
+    study = load_study(cfg, storage_obj, study_name)
+    tracker = Tracker(cfg)
+    closed = close_stale(study, tracker)
+    if closed:
+        print(f"closed {closed} MLflow run(s) left RUNNING by a dead worker")
+    objective = Objective(cfg, tracker, "", study.study_name)
+    parent = parent_run(cfg, tracker, study, storage_url, storage_obj)
+    objective.parent_run_id = parent.run_id
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        print(f"trial {trial.number}: {trial.state.name} params={trial.params} "
+              f"tune F1={trial.value if trial.value is not None else '-'}", flush=True)
+        if cfg.search.keep_weights:
+            prune_weights(study, cfg)
+
+    status = "FINISHED"
+    started = time.time()
+    try:
+        study.optimize(objective, n_trials=n_trials or cfg.search.n_trials,
+                       timeout=timeout if timeout is not None else cfg.search.timeout,
+                       catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        doc = summarise(study)
+        doc.update(parent_run_id=parent.run_id, storage=storage_url,
+                   session_seconds=round(time.time() - started, 1))
+        export_trials(study, cfg.reports / "trials.csv")
+        parent.set_tags({k: v for k, v in doc.items() if k.startswith(("best", "n_"))})
+        if doc.get("best_trial") is not None:
+            parent.log_metrics({"best_tune_f1": doc["best_tune_f1"]})
+        tracker.end(parent, status)
+    print(f"study {study.study_name}: {doc['n_trials']} trials ({doc['n_complete']} complete, "
+          f"{doc['n_pruned']} pruned, {doc['n_fail']} failed); best trial {doc.get('best_trial')} "
+          f"tune F1 {doc.get('best_tune_f1')}")
+    return doc

@@ -1,0 +1,194 @@
+"""The one owner of MLflow runs.
+
+Runs are created and ended here, through MlflowClient with explicit run ids: no fluent
+"active run", so no "run already active" errors, and the Trainer's own MLflow reporting
+stays off (report_to="none"); its metrics reach MLflow through `MlflowLogCallback`.
+Every run ends FINISHED, FAILED (with its reason) or KILLED, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from transformers import TrainerCallback
+
+from study.config import Config
+from study.errors import StudyError
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    return {"git_commit": commit or "unknown", "git_dirty": str(dirty).lower()}
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "datasets", "accelerate", "optuna", "mlflow", "dvc"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def device_name() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment(cfg: Config, split_hashes: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**git_state(), **{f"version.{k}": v for k, v in package_versions().items()},
+           "params_hash": cfg.hash(), "profile": cfg.profile, "device": device_name()}
+    for name, digest in (split_hashes or {}).items():
+        env[f"data.{name}_sha256"] = digest
+    return env
+
+
+class RunHandle:
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and v == v]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        if items:
+            self.client.log_batch(self.run_id, params=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v)[:5000])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / name
+            p.write_text(json.dumps(obj, indent=2, default=str))
+            self.client.log_artifact(self.run_id, str(p))
+
+
+class Tracker:
+    def __init__(self, cfg: Config):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.cfg = cfg
+        uri = cfg.tracking.uri
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///"):])
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StudyError(f"cannot create the MLflow store folder {db.parent}: {exc.strerror}") from None
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+        name = cfg.experiment_name
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                location = Path(cfg.tracking.artifact_location).resolve().as_uri() \
+                    if "://" not in cfg.tracking.artifact_location else cfg.tracking.artifact_location
+                self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+            else:
+                self.experiment_id = exp.experiment_id
+        except Exception as exc:  # noqa: BLE001
+            if type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
+                # Another worker created it between our lookup and create.
+                self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
+            else:
+                raise StudyError(f"cannot open MLflow tracking store {uri}: {str(exc).splitlines()[0][:200]}") from None
+
+    def start(self, name: str, role: str, params: dict[str, Any] | None = None,
+              tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
+              split_hashes: dict[str, str] | None = None) -> RunHandle:
+        all_tags = {"role": role, "mlflow.runName": name, **environment(self.cfg, split_hashes),
+                    **(tags or {})}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={k: str(v) for k, v in all_tags.items()})
+        handle = RunHandle(self.client, run.info.run_id)
+        handle.log_params(params or {})
+        return handle
+
+    def end(self, handle: RunHandle, status: str = "FINISHED", reason: str | None = None) -> None:
+        if reason:
+            handle.set_tags({"failure_reason": reason[:4000]})
+        self.client.set_terminated(handle.run_id, status=status)
+
+    @contextmanager
+    def run(self, name: str, role: str, **kwargs: Any) -> Iterator[RunHandle]:
+        handle = self.start(name, role, **kwargs)
+        try:
+            yield handle
+        except KeyboardInterrupt:
+            self.end(handle, "KILLED", "interrupted")
+            raise
+        except BaseException as exc:
+            self.end(handle, "FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            self.end(handle, "FINISHED")
+
+    def close_stale_runs(self, run_ids: list[str], status: str = "KILLED", reason: str = "") -> int:
+        """End runs a killed worker left RUNNING (found through Optuna's failed trials)."""
+        closed = 0
+        for run_id in run_ids:
+            try:
+                run = self.client.get_run(run_id)
+            except Exception:  # noqa: BLE001 - a run id from another store: nothing to close
+                continue
+            if run.info.status == "RUNNING":
+                self.end(RunHandle(self.client, run_id), status, reason or None)
+                closed += 1
+        return closed
+
+
+class MlflowLogCallback(TrainerCallback):
+    """Forwards the Trainer's logs (loss, lr, eval EM/F1) and the CE/KD parts to one run."""
+
+    def __init__(self, handle: RunHandle, trainer=None):
+        self.handle = handle
+        self.trainer = trainer
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+        parts = getattr(self.trainer, "loss_parts", None)
+        if parts and "loss" in metrics:
+            for name, values in parts.items():
+                if values:
+                    metrics[f"loss_{name}"] = sum(values) / len(values)
+                    values.clear()
+        self.handle.log_metrics(metrics, step=state.global_step)
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,126 @@
+"""Trainer subclasses: QA evaluation (post-processing + SQuAD metric) and distillation.
+
+As in transformers' examples/pytorch/question-answering/trainer_qa.py, the QA trainer
+only overrides evaluate/predict; the distillation trainer only overrides compute_loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from transformers import Trainer
+
+from study.data import MODEL_INPUTS
+from study.loss import distillation_loss
+from study.metric import squad_metrics
+from study.modeling import forward_args, model_inputs
+
+
+class QuestionAnsweringTrainer(Trainer):
+    """Evaluation = window logits -> post-processing -> official SQuAD EM/F1."""
+
+    def __init__(self, *args, eval_examples=None, post_process_function: Callable | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_examples = eval_examples
+        self.post_process_function = post_process_function
+        self.last_predictions: dict[str, str] = {}
+
+    def _model_columns(self, features):
+        keep = [c for c in MODEL_INPUTS if c in features.column_names and c in forward_args(self.model)]
+        return features.select_columns(keep)
+
+    def _predict_texts(self, features, examples, description: str, prefix: str):
+        start = time.time()
+        loader = self.get_eval_dataloader(self._model_columns(features))
+        output = self.evaluation_loop(loader, description=description,
+                                      prediction_loss_only=False, metric_key_prefix=prefix)
+        start_logits, end_logits = output.predictions
+        texts = self.post_process_function(examples, features, start_logits, end_logits)
+        refs = {e["id"]: list(e["answers"]["text"]) for e in examples}
+        scores = squad_metrics(texts, refs)
+        metrics = {f"{prefix}_{k}": v for k, v in scores.items()}
+        metrics[f"{prefix}_runtime"] = round(time.time() - start, 4)
+        metrics[f"{prefix}_samples"] = len(examples)
+        return texts, metrics
+
+    def evaluate(self, eval_dataset=None, eval_examples=None, ignore_keys=None,
+                 metric_key_prefix: str = "eval"):
+        features = eval_dataset if eval_dataset is not None else self.eval_dataset
+        examples = eval_examples if eval_examples is not None else self.eval_examples
+        texts, metrics = self._predict_texts(features, examples, "Evaluation", metric_key_prefix)
+        self.last_predictions = texts
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def predict(self, test_dataset, test_examples=None, ignore_keys=None,
+                metric_key_prefix: str = "test"):
+        texts, metrics = self._predict_texts(test_dataset, test_examples, "Prediction",
+                                             metric_key_prefix)
+        return texts, metrics
+
+
+class DistillationTrainer(QuestionAnsweringTrainer):
+    """Student training with the DistilBERT SQuAD loss.
+
+    Teacher logits come either from `teacher_logits` (a TeacherLogitCache indexed by
+    the `feature_index` column) or from a live `teacher` model run under no_grad.
+    """
+
+    def __init__(self, *args, teacher: Optional[torch.nn.Module] = None, teacher_logits=None,
+                 temperature: float = 2.0, alpha_ce: float = 0.5, alpha_squad: float = 0.5,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        if alpha_ce > 0 and teacher is None and teacher_logits is None:
+            raise ValueError("alpha_ce > 0 needs a teacher or cached teacher logits")
+        self.teacher = teacher
+        self.teacher_logits = teacher_logits
+        self.temperature, self.alpha_ce, self.alpha_squad = temperature, alpha_ce, alpha_squad
+        if teacher is not None:
+            self.teacher = teacher.to(self.args.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        # The loss below is a batch mean, so the Trainer must scale it for gradient
+        # accumulation itself rather than expect a sum over num_items_in_batch.
+        self.model_accepts_loss_kwargs = False
+        self.loss_parts: dict[str, list[float]] = {"ce": [], "kd": []}
+
+    def _teacher_outputs(self, inputs: dict, seq_len: int, feature_index):
+        if self.teacher_logits is not None:
+            return self.teacher_logits.lookup(feature_index, seq_len, inputs["input_ids"].device)
+        self.teacher.eval()
+        with torch.no_grad():
+            out = self.teacher(**model_inputs(self.teacher, inputs))
+        return out.start_logits, out.end_logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        start_positions = inputs.pop("start_positions")
+        end_positions = inputs.pop("end_positions")
+        feature_index = inputs.pop("feature_index", None)
+        outputs = model(**model_inputs(model, inputs))
+        t_start = t_end = None
+        if self.alpha_ce > 0:
+            t_start, t_end = self._teacher_outputs(inputs, inputs["input_ids"].shape[1], feature_index)
+        parts = distillation_loss(
+            outputs.start_logits, outputs.end_logits, start_positions, end_positions,
+            t_start, t_end, temperature=self.temperature, alpha_ce=self.alpha_ce,
+            alpha_squad=self.alpha_squad, attention_mask=inputs.get("attention_mask"))
+        if model.training:
+            self.loss_parts["ce"].append(float(parts.ce))
+            self.loss_parts["kd"].append(float(parts.kd))
+        return (parts.loss, outputs) if return_outputs else parts.loss
+
+
+def eval_steps(n_features: int, batch_size: int, evals_per_epoch: int) -> int:
+    steps_per_epoch = math.ceil(n_features / batch_size)
+    return max(1, steps_per_epoch // max(1, evals_per_epoch))
+
+
+def as_numpy(x) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else np.asarray(x)

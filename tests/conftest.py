@@ -1,0 +1,92 @@
+"""Shared fixtures: the real offline tokenizer and data, and tiny random QA models.
+
+Models are tiny (hidden 32, 2 layers, 2 heads) so that every unit test runs in well
+under a second on two CPU cores; only tests/test_cli.py runs the real pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (BertConfig, BertForQuestionAnswering, DistilBertConfig,
+                          DistilBertForQuestionAnswering)
+
+from study.data import EMBEDDED_DATA, load_squad_file
+from study.modeling import load_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY = dict(hidden=32, layers=2, heads=2, intermediate=37, positions=256)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    # A timed training job shares the two cores; one thread keeps tests predictable.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def params_path(repo_root) -> Path:
+    path = repo_root / "params.yaml"
+    assert path.exists()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real BERT uncased WordPiece tokenizer of the embedded MiniLM (offline)."""
+    return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="session")
+def distil_tokenizer():
+    """Same vocabulary, DistilBERT tokenizer class (as the student uses)."""
+    return load_tokenizer("embedded", "distilbert")
+
+
+def tiny_bert_config(vocab_size: int, num_layers: int = TINY["layers"]) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, hidden_size=TINY["hidden"],
+                      num_hidden_layers=num_layers, num_attention_heads=TINY["heads"],
+                      intermediate_size=TINY["intermediate"],
+                      max_position_embeddings=TINY["positions"])
+
+
+def tiny_distilbert_config(vocab_size: int) -> DistilBertConfig:
+    return DistilBertConfig(vocab_size=vocab_size, dim=TINY["hidden"], n_layers=TINY["layers"],
+                            n_heads=TINY["heads"], hidden_dim=TINY["intermediate"],
+                            max_position_embeddings=TINY["positions"])
+
+
+def make_tiny_bert_qa(vocab_size: int, seed: int = 0, num_layers: int = TINY["layers"]):
+    torch.manual_seed(seed)
+    return BertForQuestionAnswering(tiny_bert_config(vocab_size, num_layers))
+
+
+def make_tiny_distilbert_qa(vocab_size: int, seed: int = 1):
+    torch.manual_seed(seed)
+    return DistilBertForQuestionAnswering(tiny_distilbert_config(vocab_size))
+
+
+@pytest.fixture
+def tiny_bert_qa(tokenizer):
+    return make_tiny_bert_qa(len(tokenizer))
+
+
+@pytest.fixture
+def tiny_distilbert_qa(tokenizer):
+    return make_tiny_distilbert_qa(len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def xquad_records() -> list[dict]:
+    return load_squad_file(EMBEDDED_DATA)

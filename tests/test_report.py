@@ -1,0 +1,227 @@
+"""The report stage: a small recorded study in, report.md + figures + plots/history.csv out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from study.errors import StudyError
+from study.report import FIGURES, build_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+METRICS = {
+    "profile": "default",
+    "data": "embedded XQuAD-en (1,190 SQuAD v1.1 dev questions), split by article: "
+    "train 713 / tune 180 / dev 297 questions",
+    "teacher": {
+        "model": "MiniLM-L6-H384 (6 layers)",
+        "dev": {"exact_match": 40.1, "f1": 52.3},
+        "tune": {"exact_match": 38.0, "f1": 50.2},
+        "parameters": 22_700_000,
+        "mlflow_run_id": "run-teacher-0001",
+        "latency_ms": {"batch1": 12.3, "batch32": 4.1},
+    },
+    "baseline": {
+        "model": "DistilBERT-style student (3 of the teacher's layers)",
+        "dev": {"exact_match": 28.4, "f1": 39.0},
+        "tune": {"exact_match": 27.2, "f1": 37.5},
+        "parameters": 17_400_000,
+        "mlflow_run_id": "run-baseline-0002",
+        "latency_ms": {"batch1": 6.8, "batch32": 2.2},
+    },
+    "distilled": {
+        "model": "DistilBERT-style student (3 of the teacher's layers)",
+        "dev": {"exact_match": 31.0, "f1": 43.1},
+        "tune": {"exact_match": 29.9, "f1": 41.3},
+        "parameters": 17_400_000,
+        "mlflow_run_id": "run-distilled-0003",
+        "latency_ms": {"batch1": 6.9, "batch32": 2.3},
+        "trial": 3,
+        "params": {"temperature": 3.1, "alpha_ce": 0.6, "alpha_squad": 0.4},
+    },
+    "search": {
+        "study_name": "kd-search",
+        "n_trials": 6,
+        "n_complete": 4,
+        "n_pruned": 1,
+        "n_failed": 1,
+        "best_trial": 3,
+        "best_tune_f1": 41.3,
+        "best_params": {"temperature": 3.1, "alpha_ce": 0.6, "alpha_squad": 0.4},
+        "parent_run_id": "run-parent-0004",
+    },
+    "environment": {
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "git_dirty": "false",
+        "versions": {"torch": "2.13.0", "transformers": "4.57.0", "optuna": "4.5.0"},
+        "device": "cpu (x86_64, 2 threads)",
+    },
+}
+
+TRIALS = """number,state,temperature,alpha_ce,alpha_squad,learning_rate,tune_f1,tune_exact_match,dev_f1,dev_exact_match,duration_s,mlflow_run_id
+0,COMPLETE,1.5,0.2,0.9,,38.1,27.5,39.5,28.8,61.2,run-trial-0
+1,COMPLETE,12.0,0.9,0.1,,36.4,26.0,38.0,27.1,60.4,run-trial-1
+2,PRUNED,18.5,0.4,0.3,,33.0,22.9,,,20.3,run-trial-2
+3,COMPLETE,3.1,0.6,0.4,,41.3,29.9,43.1,31.0,62.0,run-trial-3
+4,FAIL,6.2,0.1,0.7,,,,,,3.1,run-trial-4
+5,COMPLETE,2.2,0.8,0.5,,40.0,29.0,41.7,30.2,61.8,run-trial-5
+"""
+
+CURVES = "role,step,tune_exact_match,tune_f1\n" + "".join(
+    f"{role},{step},{em},{f1}\n"
+    for role, rows in (
+        ("baseline", ((50, 12.0, 20.1), (100, 22.0, 31.7), (150, 27.2, 37.5))),
+        ("distilled", ((50, 14.1, 22.8), (100, 25.0, 35.2), (150, 29.9, 41.3))),
+    )
+    for step, em, f1 in rows
+)
+
+SEEDS = {
+    "seeds": [1, 2, 3],
+    "baseline": {
+        "exact_match": [28.4, 27.0, 29.1],
+        "f1": [39.0, 37.9, 40.1],
+        "mean": {"exact_match": 28.17, "f1": 39.0},
+        "ci95": {"exact_match": [25.55, 30.79], "f1": [36.27, 41.73]},
+    },
+    "distilled": {
+        "exact_match": [31.0, 30.2, 32.4],
+        "f1": [43.1, 42.0, 44.5],
+        "mean": {"exact_match": 31.2, "f1": 43.2},
+        "ci95": {"exact_match": [28.48, 33.92], "f1": [40.4, 46.3]},
+    },
+    "paired_bootstrap": {"f1_diff": 4.2, "ci95": [1.9, 6.4], "samples": 2000, "questions": 297},
+}
+IMPORTANCES = {"temperature": 0.62, "alpha_ce": 0.27, "alpha_squad": 0.11}
+
+
+def record_study(folder: Path, seeds: bool = False, importances: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(METRICS, indent=2))
+    (folder / "trials.csv").write_text(TRIALS)
+    (folder / "curves.csv").write_text(CURVES)
+    if seeds:
+        (folder / "seeds.json").write_text(json.dumps(SEEDS, indent=2))
+    if importances:
+        (folder / "importances.json").write_text(json.dumps(IMPORTANCES))
+    return folder
+
+
+def snapshot(paths: list[Path]) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in paths}
+
+
+def test_report_without_seeds(tmp_path):
+    folder = record_study(tmp_path / "reports")
+    written = build_report(folder)
+    names = {p.relative_to(folder).as_posix() for p in written}
+    assert names == {f"figures/{n}.png" for n in FIGURES} | {"report.md", "plots/history.csv"}
+    for name in FIGURES:
+        png = (folder / "figures" / f"{name}.png").read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 10_000, name
+
+    md = (folder / "report.md").read_text()
+    for row in (
+        "| **Teacher** |",
+        "| **Baseline (task-agnostic, no teacher)** |",
+        "| **Distilled (best trial, #3)** |",
+    ):
+        assert row in md
+    for paper in ("81.2 / 88.5", "77.7 / 85.8", "79.1 / 86.9", "70.4 EM / 79.8 F1"):
+        assert paper in md
+    # (43.1 - 39.0) / (52.3 - 39.0) = 30.8%
+    assert (
+        "distillation recovers 31% of the teacher–baseline dev F1 gap: "
+        "(43.1 − 39.0) / (52.3 − 39.0); the paper: (86.9 − 85.8) / (88.5 − 85.8) = 41%"
+    ) in md
+    for run_id in (
+        "run-teacher-0001",
+        "run-baseline-0002",
+        "run-distilled-0003",
+        "run-parent-0004",
+        "run-trial-4",
+    ):
+        assert run_id in md
+    assert "**6 trials: 4 complete, 1 pruned, 1 failed**" in md
+    assert "trials.csv lists" not in md  # the counts agree
+    assert "Not run: seeds.json is absent" in md
+    assert "small-scale reproduction" in md
+    assert "0123456789abcdef0123456789abcdef01234567" in md and "| torch version | 2.13.0 |" in md
+    for fig in FIGURES:
+        assert f"](figures/{fig}.png)" in md
+
+    history = (folder / "plots" / "history.csv").read_text().splitlines()
+    assert history[0] == "trial,tune_f1,best_so_far,state"
+    assert history[3] == "2,33.0,38.1,PRUNED"  # a pruned trial never becomes the best
+    assert history[5] == "4,,41.3,FAIL"
+    assert not (folder / "plots" / "curves.csv").exists()  # dvc reads reports/curves.csv itself
+
+    first = snapshot(written)
+    assert snapshot(build_report(folder)) == first  # byte-identical on regeneration
+
+
+def test_report_with_seeds_and_no_importances(tmp_path):
+    folder = record_study(tmp_path / "reports", seeds=True, importances=False)
+    written = build_report(folder)
+    md = (folder / "report.md").read_text()
+    assert "dev F1 (± 95% CI)" in md
+    assert "| 28.2 ± 2.6 | 39.0 ± 2.7 |" in md  # baseline: mean ± half-width
+    assert "| 31.2 ± 2.7 | 43.2 [40.4, 46.3] |" in md  # asymmetric CI shown as bounds
+    assert "+4.2 points, 95% CI [+1.9, +6.4]" in md
+    assert "distinguishable from zero" in md and "not distinguishable" not in md
+    # The table now holds seed means: (43.2 - 39.0) / (52.3 - 39.0) = 31.6%
+    assert "recovers 32% of the teacher–baseline dev F1 gap" in md
+    assert "Parameter importances: not run" in md
+    assert snapshot(build_report(folder)) == snapshot(written)
+
+
+def test_ci_including_zero_is_reported_as_such(tmp_path):
+    folder = record_study(tmp_path / "reports", importances=False)
+    seeds = json.loads(json.dumps(SEEDS))
+    seeds["paired_bootstrap"].update(f1_diff=0.6, ci95=[-0.8, 2.0])
+    (folder / "seeds.json").write_text(json.dumps(seeds))
+    from study.report import load_inputs, render_markdown
+
+    md = render_markdown(load_inputs(folder))  # text only: no figures needed
+    assert "The CI includes 0: the difference is not distinguishable from zero." in md
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "trials.csv", "curves.csv"])
+def test_missing_input_names_the_file(tmp_path, name):
+    folder = record_study(tmp_path / "reports")
+    (folder / name).unlink()
+    with pytest.raises(StudyError, match=rf"{name} not found at .*{name}: run `study best` first"):
+        build_report(folder)
+    assert not (folder / "report.md").exists()
+
+
+def test_metrics_missing_a_key_names_it(tmp_path):
+    folder = record_study(tmp_path / "reports")
+    metrics = json.loads(json.dumps(METRICS))
+    del metrics["baseline"]["dev"]["f1"]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(StudyError, match=r"has no `baseline\.dev\.f1`"):
+        build_report(folder)
+
+
+def test_cli_report_stage(tmp_path, capsys):
+    from study.cli import main
+
+    folder = record_study(tmp_path / "reports")
+    assert main(["report", "--set", f"runtime.reports={folder}"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"wrote {folder / 'report.md'}" in out
+        and f"wrote {folder / 'figures' / 'tradeoff.png'}" in out
+    )
+
+    (folder / "metrics.json").unlink()
+    assert main(["report", "--set", f"runtime.reports={folder}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"study report: error: metrics.json not found at {folder / 'metrics.json'}: "
+        "run `study best` first"
+    )
