@@ -171,7 +171,6 @@ def run(cfg: Config) -> dict:
     importances = importance(study)
     if importances is not None:
         write_json(cfg.reports / "importances.json", importances)
-    search_stage.export_trials(study, cfg.reports / "trials.csv")
     print(f"best trial {best.number} {params}: tune F1 {best.value:.2f}, dev EM/F1 "
           f"{best_doc['dev']['exact_match']:.2f}/{best_doc['dev']['f1']:.2f}; "
           f"exported to {output_dir(cfg) / 'model'}, registered as "

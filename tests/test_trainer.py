@@ -1,0 +1,216 @@
+"""DistillationTrainer / QuestionAnsweringTrainer with tiny models on real XQuAD windows."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+from transformers import DataCollatorWithPadding, TrainingArguments
+
+from conftest import make_tiny_bert_qa, make_tiny_distilbert_qa  # noqa: I001
+from study.cache import TeacherLogitCache, build_or_load
+from study.data import build_eval_features, build_train_features
+from study.loss import distillation_loss
+from study.metric import squad_metrics
+from study.postprocess import postprocess_predictions
+from study.trainer import DistillationTrainer, QuestionAnsweringTrainer
+
+MAX_LEN, STRIDE = 128, 64
+
+
+@pytest.fixture(scope="module")
+def records(xquad_records):
+    # Two articles' worth of questions, not the first ones only.
+    return xquad_records[:12] + xquad_records[600:608]
+
+
+@pytest.fixture(scope="module")
+def train_feats(records, distil_tokenizer):
+    feats = build_train_features(records, distil_tokenizer, MAX_LEN, STRIDE)
+    # The student's tokenizer still yields segment ids: the BERT teacher needs them.
+    assert "token_type_ids" in feats.column_names
+    return feats
+
+
+@pytest.fixture
+def collator(distil_tokenizer):
+    return DataCollatorWithPadding(distil_tokenizer)
+
+
+@pytest.fixture
+def teacher(tokenizer):
+    return make_tiny_bert_qa(len(tokenizer), seed=11)
+
+
+@pytest.fixture
+def student(tokenizer):
+    return make_tiny_distilbert_qa(len(tokenizer), seed=12)
+
+
+def args(tmp_path, steps=3, distilling=True, **kw):
+    return TrainingArguments(
+        output_dir=str(tmp_path / "trainer"), max_steps=steps, per_device_train_batch_size=4,
+        learning_rate=1e-3, seed=7, data_seed=7, report_to="none", use_cpu=True,
+        save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        remove_unused_columns=not distilling, **kw)
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def collated(train_feats, collator, rows):
+    return collator([train_feats[i] for i in rows])
+
+
+def test_distillation_trains_student_not_teacher(tmp_path, teacher, student, train_feats, collator,
+                                                distil_tokenizer):
+    teacher_before, student_before = state(teacher), state(student)
+    trainer = DistillationTrainer(
+        model=student, args=args(tmp_path), train_dataset=train_feats, data_collator=collator,
+        processing_class=distil_tokenizer, teacher=teacher, temperature=2.0, alpha_ce=0.5,
+        alpha_squad=0.5)
+    assert not teacher.training
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert not trainer.teacher.training, "the teacher must stay in eval mode"
+    assert all(not p.requires_grad for p in teacher.parameters())
+    after = state(teacher)
+    assert all(torch.equal(teacher_before[k], after[k]) for k in after)
+    changed = [k for k, v in state(student).items() if not torch.equal(v, student_before[k])]
+    assert "qa_outputs.weight" in changed
+    assert any(k.startswith("distilbert.transformer.layer.0.") for k in changed)
+    # Both loss parts were recorded at every step, and the KD part is a real signal.
+    assert len(trainer.loss_parts["kd"]) == 3 and len(trainer.loss_parts["ce"]) == 3
+    assert all(kd > 0 for kd in trainer.loss_parts["kd"])
+
+
+def test_distillation_without_teacher_refused(tmp_path, student, train_feats, collator):
+    with pytest.raises(ValueError, match="teacher"):
+        DistillationTrainer(model=student, args=args(tmp_path), train_dataset=train_feats,
+                            data_collator=collator, alpha_ce=0.5, alpha_squad=0.5)
+
+
+def test_cached_teacher_loss_equals_live_teacher_loss(tmp_path, teacher, student, train_feats,
+                                                     collator, distil_tokenizer):
+    teacher.eval()
+    cache = build_or_load(teacher, None, distil_tokenizer, train_feats, collator,
+                          root=tmp_path / "cache", max_length=MAX_LEN, doc_stride=STRIDE,
+                          batch_size=8, device="cpu", dtype="float32")
+    assert cache.start.shape == (len(train_feats), MAX_LEN)
+    assert cache.meta["windows"] == len(train_feats)
+    # A second call finds it on disk.
+    again = build_or_load(teacher, None, distil_tokenizer, train_feats, collator,
+                          root=tmp_path / "cache", max_length=MAX_LEN, doc_stride=STRIDE,
+                          batch_size=8, device="cpu", dtype="float32")
+    assert again.directory == cache.directory
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    common = dict(model=student, args=args(tmp_path), train_dataset=train_feats,
+                  data_collator=collator, processing_class=distil_tokenizer, temperature=3.0,
+                  alpha_ce=0.7, alpha_squad=0.3)
+    cached = DistillationTrainer(**common, teacher_logits=cache)
+    live = DistillationTrainer(**common, teacher=teacher)
+    student.eval()
+    # Rows of different lengths from different cache batches, so the batch pads
+    # differently from how the cache was computed.
+    lengths = [len(x) for x in train_feats["input_ids"]]
+    rows = [lengths.index(min(lengths)), lengths.index(max(lengths)), 9, 3, len(train_feats) - 1]
+    batch = collated(train_feats, collator, rows)
+    assert min(lengths) < max(lengths)  # the short row is padded in this batch
+    with torch.no_grad():
+        loss_cached = cached.compute_loss(student, batch)
+        loss_live = live.compute_loss(student, batch)
+        # The KD term is what differs between the two paths: make sure it is in the loss.
+        plain = DistillationTrainer(**{**common, "alpha_ce": 0.0}).compute_loss(student, batch)
+    assert loss_cached.item() == pytest.approx(loss_live.item(), abs=1e-5)
+    assert abs(loss_cached.item() - plain.item()) > 1e-3
+
+
+def test_cache_rows_hold_the_teachers_logits(tmp_path, teacher, train_feats, collator,
+                                             distil_tokenizer):
+    teacher.eval()
+    cache = build_or_load(teacher, None, distil_tokenizer, train_feats, collator,
+                          root=tmp_path, max_length=MAX_LEN, doc_stride=STRIDE, batch_size=5,
+                          device="cpu", dtype="float32")
+    reread = TeacherLogitCache(cache.directory)
+    i = len(train_feats) // 2
+    row = collated(train_feats, collator, [i])
+    with torch.no_grad():
+        out = teacher(input_ids=row["input_ids"], attention_mask=row["attention_mask"],
+                      token_type_ids=row["token_type_ids"])
+    n = row["input_ids"].shape[1]
+    s, e = reread.lookup(torch.tensor([i]), n, "cpu")
+    assert torch.allclose(s, out.start_logits, atol=1e-5)
+    assert torch.allclose(e, out.end_logits, atol=1e-5)
+
+
+def test_alpha_ce_zero_is_plain_fine_tuning(tmp_path, student, train_feats, collator,
+                                            distil_tokenizer):
+    init = copy.deepcopy(student)
+    before = state(student)
+    transformers.set_seed(7)
+    distill = DistillationTrainer(
+        model=student, args=args(tmp_path / "d", steps=1), train_dataset=train_feats,
+        data_collator=collator, processing_class=distil_tokenizer, teacher=None,
+        temperature=2.0, alpha_ce=0.0, alpha_squad=1.0)
+    distill.train()
+    transformers.set_seed(7)
+    plain = QuestionAnsweringTrainer(
+        model=init, args=args(tmp_path / "p", steps=1, distilling=False),
+        train_dataset=train_feats, data_collator=collator, processing_class=distil_tokenizer)
+    plain.train()
+    a, b = state(distill.model), state(plain.model)
+    assert any(not torch.equal(a[k], before[k]) for k in a), "one step must move the weights"
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert distill.state.log_history[0]["loss"] == pytest.approx(
+        plain.state.log_history[0]["loss"], rel=1e-5)
+
+
+def test_qa_trainer_evaluate_returns_squad_scores(tmp_path, student, records, distil_tokenizer,
+                                                  collator):
+    feats = build_eval_features(records, distil_tokenizer, MAX_LEN, STRIDE)
+
+    def post(examples, features, start_logits, end_logits):
+        return postprocess_predictions(examples, features, start_logits, end_logits,
+                                       n_best=5, max_answer_length=15)
+
+    trainer = QuestionAnsweringTrainer(
+        model=student, args=args(tmp_path, distilling=False, per_device_eval_batch_size=8),
+        eval_dataset=feats, eval_examples=records, data_collator=collator,
+        processing_class=distil_tokenizer, post_process_function=post)
+    metrics = trainer.evaluate()
+    assert {"eval_exact_match", "eval_f1"} <= set(metrics)
+    assert 0 <= metrics["eval_exact_match"] <= metrics["eval_f1"] <= 100
+    preds = trainer.last_predictions
+    assert set(preds) == {r["id"] for r in records}
+    assert all(p and p in r["context"] for r, p in zip(records, (preds[r["id"]] for r in records)))
+    expected = squad_metrics(preds, {r["id"]: r["answers"]["text"] for r in records})
+    assert metrics["eval_f1"] == pytest.approx(expected["f1"])
+    assert metrics["eval_exact_match"] == pytest.approx(expected["exact_match"])
+    texts, test_metrics = trainer.predict(feats, records, metric_key_prefix="dev")
+    assert texts == preds and test_metrics["dev_f1"] == pytest.approx(metrics["eval_f1"])
+
+
+def test_trainer_loss_is_the_pure_loss(tmp_path, teacher, student, train_feats, collator,
+                                       distil_tokenizer):
+    trainer = DistillationTrainer(
+        model=student, args=args(tmp_path), train_dataset=train_feats, data_collator=collator,
+        processing_class=distil_tokenizer, teacher=teacher, temperature=2.5, alpha_ce=0.4,
+        alpha_squad=0.9)
+    batch = collated(train_feats, collator, [0, 1, 2])
+    student.eval()
+    teacher.eval()
+    with torch.no_grad():
+        got = trainer.compute_loss(student, batch)
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"])
+        want = distillation_loss(s.start_logits, s.end_logits, batch["start_positions"],
+                                 batch["end_positions"], t.start_logits, t.end_logits,
+                                 temperature=2.5, alpha_ce=0.4, alpha_squad=0.9,
+                                 attention_mask=batch["attention_mask"]).loss
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
