@@ -88,8 +88,11 @@ def dispatch(args: argparse.Namespace) -> None:
     elif cmd == "run":
         total = time.time()
         timings = {}
+        skip = set(args.skip)
+        if "best" in skip:
+            skip.add("report")  # the report is built from what `best` exports
         for name in RUN_CHAIN:
-            if name in args.skip:
+            if name in skip:
                 continue
             print(f"== study {name} ({cfg.profile})", flush=True)
             t0 = time.time()

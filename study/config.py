@@ -390,6 +390,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             value = {"low": value[0], "high": value[1], **({"log": value[2]} if len(value) > 2 else {})}
         return _build(tp, value, key)
     if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            value = "yes" if value else "no"  # YAML 1.1 reads an unquoted `no` as false
         if value not in args:
             raise StudyError(f"invalid params: {key} must be one of {list(args)} (got {value!r})")
         return value

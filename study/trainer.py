@@ -30,6 +30,12 @@ class QuestionAnsweringTrainer(Trainer):
         self.post_process_function = post_process_function
         self.last_predictions: dict[str, str] = {}
 
+    def _get_eval_sampler(self, eval_dataset):
+        # Post-processing pairs logit rows with features by position: evaluation must keep
+        # feature order even when training groups batches by length (transformers applies
+        # group_by_length to the eval sampler too, which silently scrambles every answer).
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
     def _model_columns(self, features):
         keep = [c for c in MODEL_INPUTS if c in features.column_names and c in forward_args(self.model)]
         return features.select_columns(keep)

@@ -10,15 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForQuestionAnswering, DistilBertConfig,
-                          DistilBertForQuestionAnswering)
+from transformers import (
+    BertConfig,
+    BertForQuestionAnswering,
+    DistilBertConfig,
+    DistilBertForQuestionAnswering,
+)
 
 from study.data import EMBEDDED_DATA, load_squad_file
 from study.modeling import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-TINY = dict(hidden=32, layers=2, heads=2, intermediate=37, positions=256)
+TINY = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 37, "positions": 256}
 
 
 @pytest.fixture(scope="session", autouse=True)

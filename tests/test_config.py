@@ -114,3 +114,11 @@ def test_replace_validates_and_leaves_original(params_path):
         cfg.replace(distill=dataclasses.replace(cfg.distill, temperature=-1.0))
     with pytest.raises(StudyError, match="teacher.train.epochs"):
         cfg.replace(teacher=dataclasses.replace(cfg.teacher, train=TrainSpec(epochs=0)))
+
+
+def test_yaml_no_is_the_literal_no(params_path):
+    # YAML 1.1 reads an unquoted `no` as false; `mixed_precision: no` must still mean "no".
+    cfg = load_config(params_path, "smoke", ["runtime.mixed_precision=no"])
+    assert cfg.runtime.mixed_precision == "no"
+    with pytest.raises(StudyError, match="runtime.mixed_precision"):
+        load_config(params_path, "smoke", ["runtime.mixed_precision=yes"])

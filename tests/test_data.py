@@ -9,9 +9,19 @@ import pytest
 from transformers import BertTokenizer
 
 from study.config import DataConfig
-from study.data import (EMBEDDED_DATA, _tokenize, build_eval_features, build_splits,
-                        build_train_features, check_same_tokenization, load_squad_file, manifest,
-                        records_from_squad, split_by_article, split_hash)
+from study.data import (
+    EMBEDDED_DATA,
+    _tokenize,
+    build_eval_features,
+    build_splits,
+    build_train_features,
+    check_same_tokenization,
+    load_squad_file,
+    manifest,
+    records_from_squad,
+    split_by_article,
+    split_hash,
+)
 from study.errors import StudyError
 
 FRACTIONS = {"tune": 0.15, "dev": 0.25}

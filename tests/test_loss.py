@@ -13,11 +13,11 @@ B, L = 3, 7
 @pytest.fixture
 def toy():
     g = torch.Generator().manual_seed(0)
-    return dict(
-        s_start=torch.randn(B, L, generator=g), s_end=torch.randn(B, L, generator=g),
-        t_start=torch.randn(B, L, generator=g) * 2, t_end=torch.randn(B, L, generator=g) * 2,
-        start=torch.tensor([1, 4, 0]), end=torch.tensor([2, 6, 0]),
-    )
+    return {
+        "s_start": torch.randn(B, L, generator=g), "s_end": torch.randn(B, L, generator=g),
+        "t_start": torch.randn(B, L, generator=g) * 2, "t_end": torch.randn(B, L, generator=g) * 2,
+        "start": torch.tensor([1, 4, 0]), "end": torch.tensor([2, 6, 0]),
+    }
 
 
 def loss(toy, **kw):

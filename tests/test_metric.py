@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from study.metric import (exact_match_score, f1_score, normalize_answer, per_question,
-                          squad_metrics)
+from study.metric import exact_match_score, f1_score, normalize_answer, per_question, squad_metrics
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_bert_qa, tiny_bert_config
 from transformers import BertModel, DistilBertForQuestionAnswering, pipeline
 
-from conftest import make_tiny_bert_qa, tiny_bert_config
 from study.errors import StudyError
-from study.modeling import (load_qa_model, load_tokenizer, model_inputs, save_model,
-                            student_from_layers)
+from study.modeling import (
+    load_qa_model,
+    load_tokenizer,
+    model_inputs,
+    save_model,
+    student_from_layers,
+)
 
 LAYERS = (0, 2)
 

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 import transformers
+from conftest import make_tiny_bert_qa, make_tiny_distilbert_qa
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from conftest import make_tiny_bert_qa, make_tiny_distilbert_qa  # noqa: I001
 from study.cache import TeacherLogitCache, build_or_load
 from study.data import build_eval_features, build_train_features
 from study.loss import distillation_loss
@@ -108,9 +108,9 @@ def test_cached_teacher_loss_equals_live_teacher_loss(tmp_path, teacher, student
     assert again.directory == cache.directory
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
-    common = dict(model=student, args=args(tmp_path), train_dataset=train_feats,
-                  data_collator=collator, processing_class=distil_tokenizer, temperature=3.0,
-                  alpha_ce=0.7, alpha_squad=0.3)
+    common = {"model": student, "args": args(tmp_path), "train_dataset": train_feats,
+              "data_collator": collator, "processing_class": distil_tokenizer,
+              "temperature": 3.0, "alpha_ce": 0.7, "alpha_squad": 0.3}
     cached = DistillationTrainer(**common, teacher_logits=cache)
     live = DistillationTrainer(**common, teacher=teacher)
     student.eval()
@@ -214,3 +214,26 @@ def test_trainer_loss_is_the_pure_loss(tmp_path, teacher, student, train_feats, 
                                  temperature=2.5, alpha_ce=0.4, alpha_squad=0.9,
                                  attention_mask=batch["attention_mask"]).loss
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_evaluation_keeps_feature_order_when_training_groups_by_length(tmp_path, tiny_bert_qa, tokenizer):
+    """Regression: group_by_length once reordered eval windows, scrambling every answer."""
+    from study.trainer import QuestionAnsweringTrainer
+    from transformers import DataCollatorWithPadding, TrainingArguments
+    from study.data import build_eval_features, load_squad_file, EMBEDDED_DATA
+
+    records = load_squad_file(EMBEDDED_DATA)[:24]
+    feats = build_eval_features(records, tokenizer, 128, 64)
+    outs = []
+    for grouped in (False, True):
+        args = TrainingArguments(output_dir=str(tmp_path / str(grouped)), report_to="none",
+                                 use_cpu=True, per_device_eval_batch_size=4,
+                                 group_by_length=grouped)
+        trainer = QuestionAnsweringTrainer(model=tiny_bert_qa, args=args,
+                                           data_collator=DataCollatorWithPadding(tokenizer))
+        assert isinstance(trainer._get_eval_sampler(feats), torch.utils.data.SequentialSampler)
+        loader = trainer.get_eval_dataloader(feats.select_columns(["input_ids", "attention_mask"]))
+        outs.append(torch.cat([b["input_ids"][:, 0:8] for b in loader]))
+    assert torch.equal(outs[0], outs[1])
+    first = torch.tensor([ids[:8] for ids in feats["input_ids"]])
+    assert torch.equal(outs[1], first)

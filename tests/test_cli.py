@@ -1,0 +1,147 @@
+"""The real `study` CLI on the smoke profile, as a subprocess in a fresh folder.
+
+Slow (tens of seconds per training stage); each training is shared by the tests of
+this module through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from study.cli import RUN_CHAIN
+
+pytestmark = pytest.mark.slow
+
+PARAMS = str(REPO_ROOT / "params.yaml")
+SMOKE = Path("artifacts") / "smoke"
+STAGES = ("data", "teacher", "baseline", "distill")
+# `study run` chains more stages (search, best, report...) than this module exercises.
+SKIP = [arg for stage in RUN_CHAIN if stage not in ("prepare", "teacher", "baseline", "distill")
+        for arg in ("--skip", stage)]
+
+
+def study(cwd: Path, *args: str, profile: str | None = "smoke", env: dict | None = None,
+          timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "study", *args, "--params", PARAMS]
+    if profile is not None:
+        cmd += ["--profile", profile]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under root (the outputs that must not change)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one stderr line, got:\n{proc.stderr[-3000:]}"
+    assert "error:" in lines[0]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("full")
+    proc = ok(study(cwd, "run", *SKIP))
+    assert "== study distill (smoke)" in proc.stdout and "== study search" not in proc.stdout
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory) -> Path:
+    """A second fresh folder: prepare, then baseline, as two commands."""
+    cwd = tmp_path_factory.mktemp("baseline")
+    ok(study(cwd, "prepare"))
+    ok(study(cwd, "baseline"))
+    return cwd
+
+
+def test_run_writes_every_stage(full_run):
+    art = full_run / SMOKE
+    split = json.loads((art / "data" / "split.json").read_text())
+    assert {k: v["questions"] for k, v in split["splits"].items()} == {"train": 40, "tune": 40, "dev": 40}
+    for name in ("train", "tune", "dev"):
+        assert (art / "data" / f"{name}.json").exists()
+    for stage in STAGES[1:]:
+        out = art / stage
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["role"] == stage and metrics["profile"] == "smoke"
+        for split_name in ("tune", "dev"):
+            for key in ("exact_match", "f1"):
+                assert 0.0 <= metrics[split_name][key] <= 100.0, (stage, split_name, key)
+        preds = json.loads((out / "predictions_dev.json").read_text())
+        dev_ids = {qa["id"] for a in json.loads((art / "data" / "dev.json").read_text())["data"]
+                   for p in a["paragraphs"] for qa in p["qas"]}
+        assert set(preds) == dev_ids
+        assert (out / "model" / "model.safetensors").stat().st_size > 1000
+        assert metrics["steps"] > 0
+    distill = json.loads((art / "distill" / "metrics.json").read_text())
+    assert distill["distill"]["alpha_ce"] == 0.5 and distill["distill"]["temperature"] == 2.0
+    # The student is smaller than the teacher (one layer of six).
+    teacher = json.loads((art / "teacher" / "metrics.json").read_text())
+    assert distill["parameters"] < teacher["parameters"]
+    # No staging leftovers.
+    assert not [p.name for p in art.iterdir() if p.name.startswith(".")]
+
+
+def test_prepare_and_baseline_are_deterministic(full_run, baseline_run):
+    a = json.loads((full_run / SMOKE / "baseline" / "metrics.json").read_text())
+    b = json.loads((baseline_run / SMOKE / "baseline" / "metrics.json").read_text())
+    assert a["dev"] == b["dev"] and a["tune"] == b["tune"]
+    assert (full_run / SMOKE / "data" / "split.json").read_bytes() == \
+        (baseline_run / SMOKE / "data" / "split.json").read_bytes()
+    pa = (full_run / SMOKE / "baseline" / "predictions_dev.json").read_text()
+    pb = (baseline_run / SMOKE / "baseline" / "predictions_dev.json").read_text()
+    assert pa == pb
+
+
+@pytest.mark.parametrize("args, profile, needles", [
+    (["prepare"], "nope", ["unknown profile 'nope'"]),
+    (["distill", "--set", "distill.temperature=-1"], "smoke", ["distill.temperature"]),
+    (["distill", "--alpha-ce", "0", "--alpha-squad", "0"], "smoke", ["cannot both be 0"]),
+    (["prepare", "--set", "data.source=local", "--set", "data.path=missing.json"], "smoke",
+     ["missing.json"]),
+    (["baseline", "--set", "student.init=/nonexistent/path"], "smoke", ["/nonexistent/path"]),
+], ids=["unknown-profile", "negative-temperature", "zero-weights", "missing-local-data",
+        "missing-student-init"])
+def test_errors_are_one_line_and_leave_outputs_untouched(baseline_run, args, profile, needles):
+    before = snapshot(baseline_run / "artifacts")
+    metrics = (baseline_run / SMOKE / "baseline" / "metrics.json").read_bytes()
+    assert_one_line_error(study(baseline_run, *args, profile=profile), *needles)
+    assert snapshot(baseline_run / "artifacts") == before
+    assert (baseline_run / SMOKE / "baseline" / "metrics.json").read_bytes() == metrics
+
+
+def test_paper_profile_offline_says_hub_and_local(tmp_path):
+    proc = study(tmp_path, "prepare", profile="paper", env={"HF_HUB_OFFLINE": "1"})
+    line = assert_one_line_error(proc, "hub", "local")
+    assert "squad" in line
+    assert not (tmp_path / "artifacts" / "paper" / "data").exists()
+
+
+def test_teacher_before_prepare_says_run_prepare(tmp_path):
+    proc = study(tmp_path, "teacher")
+    assert_one_line_error(proc, "run `study prepare`")
+    assert not (tmp_path / SMOKE / "teacher").exists()

@@ -1,0 +1,241 @@
+"""The Optuna study and its MLflow record, on the smoke profile: real CLI, real Optuna,
+real MLflow (SQLite), nothing mocked. Read back with optuna.load_study and MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+TRACKING = "sqlite:///mlruns/mlflow.db"
+
+
+def study_cli(ws: Path, *args: str, env: dict | None = None, check: bool = True, **popen):
+    cmd = [sys.executable, "-m", "study", *args, "--params", str(REPO / "params.yaml"),
+           "--profile", "smoke"]
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    if popen:
+        return subprocess.Popen(cmd, cwd=ws, env=full_env, **popen)
+    res = subprocess.run(cmd, cwd=ws, env=full_env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def search(ws: Path, name: str, n: int, env: dict | None = None, **popen):
+    return study_cli(ws, "search", "--n-trials", str(n), "--study-name", name,
+                     "--storage", f"sqlite:///{name}.db", env=env, **popen)
+
+
+def load(ws: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{ws / (name + '.db')}")
+
+
+def client(ws: Path):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlruns' / 'mlflow.db'}")
+
+
+def runs_of(ws: Path, name: str):
+    c = client(ws)
+    exp = c.get_experiment_by_name("kd-qa-smoke")
+    return c, c.search_runs([exp.experiment_id], filter_string=f"tags.study_name = '{name}'",
+                            max_results=500)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A smoke workspace with prepared data and a trained teacher."""
+    root = tmp_path_factory.mktemp("search-ws")
+    study_cli(root, "prepare")
+    study_cli(root, "teacher")
+    study_cli(root, "baseline")
+    return root
+
+
+def test_trials_are_nested_runs_with_params_metrics_tags_artifacts(ws):
+    search(ws, "s1", 4, env={"STUDY_FAULT_TRIALS": "1"})
+    study = load(ws, "s1")
+    states = {t.number: t.state.name for t in study.trials}
+    assert sorted(states) == [0, 1, 2, 3]
+    assert states[1] == "FAIL"  # the raising trial is recorded, the study went on
+    assert "injected fault" in study.trials[1].user_attrs["fail_reason"]
+    assert any(s == "COMPLETE" for s in states.values())
+
+    c, runs = runs_of(ws, "s1")
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["baseline_run_id"] and parent.data.tags["teacher_run_id"]
+    best = study.best_trial
+    assert parent.data.tags["best_trial"] == str(best.number)
+    assert abs(parent.data.metrics["best_tune_f1"] - best.value) < 1e-9
+
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("role") == "trial"}
+    assert set(children) == {f"trial-{n}" for n in states}
+    for n, state in states.items():
+        run = children[f"trial-{n}"]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["optuna_state"] == state
+        for key in ("temperature", "alpha_ce", "alpha_squad", "learning_rate", "seed",
+                    "trial_number", "profile", "student", "teacher"):
+            assert key in run.data.params, key
+        assert run.data.params["trial_number"] == str(n)
+        assert run.data.tags["git_commit"] and run.data.tags["params_hash"]
+        assert run.data.tags["data.train_sha256"]
+        if state == "FAIL":
+            assert run.info.status == "FAILED"
+            assert "injected fault" in run.data.tags["failure_reason"]
+            continue
+        assert run.info.status == "FINISHED"
+        history = c.get_metric_history(run.info.run_id, "eval_f1")
+        assert len(history) >= 1
+        for key in ("loss", "loss_ce", "loss_kd"):
+            assert c.get_metric_history(run.info.run_id, key), key
+        artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert "config.json" in artifacts
+        if state == "COMPLETE":
+            assert {"predictions_tune.json", "predictions_dev.json"} <= artifacts
+            assert abs(run.data.metrics["tune_f1"] - study.trials[n].value) < 1e-9
+            assert "dev_f1" in run.data.metrics
+
+    trials_csv = (ws / "artifacts" / "smoke" / "reports" / "trials.csv").read_text().splitlines()
+    assert len(trials_csv) == 5 and trials_csv[0].startswith("number,state")
+
+
+def test_a_pruned_trial_is_tagged_pruned(ws):
+    storage = f"sqlite:///{ws / 'p1.db'}"
+    study = optuna.create_study(study_name="p1", storage=storage, direction="maximize")
+    # Trial 1 barely moves its weights (lr 1e-9), so its first tune F1 stays below that of
+    # trial 0, which trains, and the median pruner stops it.
+    study.enqueue_trial({"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5,
+                         "learning_rate": 3e-4})
+    study.enqueue_trial({"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5,
+                         "learning_rate": 1e-9})
+    study_cli(
+        ws, "search", "--n-trials", "2", "--study-name", "p1", "--storage", "sqlite:///p1.db",
+        "--set", "search.n_startup_trials=1", "--set", "search.pruner_warmup_steps=0",
+        "--set", "search.learning_rate={low: 1.0e-9, high: 1.0e-3, log: true}")
+    states = [t.state.name for t in load(ws, "p1").trials]
+    assert states == ["COMPLETE", "PRUNED"]
+    _, runs = runs_of(ws, "p1")
+    run = [r for r in runs if r.info.run_name == "trial-1"][0]
+    assert run.data.tags["optuna_state"] == "PRUNED"
+    assert run.info.status == "FINISHED" and "pruned at evaluation 1" in run.data.tags["prune_reason"]
+
+
+def test_second_session_adds_trials_to_the_same_study(ws):
+    search(ws, "s2", 2)
+    search(ws, "s2", 2)
+    study = load(ws, "s2")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    _, runs = runs_of(ws, "s2")
+    assert len([r for r in runs if r.data.tags.get("role") == "study"]) == 1
+    assert len([r for r in runs if r.data.tags.get("role") == "trial"]) == 4
+    # The resumed sampler did not replay the first session's samples.
+    temps = [t.params["temperature"] for t in study.trials]
+    assert len(set(temps)) == 4
+
+
+def test_two_concurrent_workers_share_one_study(ws):
+    procs = [search(ws, "s3", 2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    study = load(ws, "s3")
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == [0, 1, 2, 3]
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    _, runs = runs_of(ws, "s3")
+    trial_runs = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert sorted(int(r.data.params["trial_number"]) for r in trial_runs) == [0, 1, 2, 3]
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_running(ws):
+    proc = search(ws, "s4", 5, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    killed_number = None
+    try:
+        while time.time() < deadline:
+            time.sleep(1)
+            if not (ws / "s4.db").exists():
+                continue
+            try:
+                trials = load(ws, "s4").trials
+            except Exception:  # noqa: BLE001 - study not created yet
+                continue
+            done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+            running = [t for t in trials if t.state.name == "RUNNING"]
+            if done and running:
+                time.sleep(2)  # well inside the trial's training
+                killed_number = running[0].number
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert killed_number is not None, "no trial was running before the deadline"
+    completed_before = {t.number: t.value for t in load(ws, "s4").trials
+                        if t.state.name == "COMPLETE"}
+    time.sleep(6)  # smoke grace period is 5 s: the killed trial's heartbeat is now stale
+    search(ws, "s4", 1)
+    study = load(ws, "s4")
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[killed_number].state.name == "FAIL"
+    for n, value in completed_before.items():
+        assert by_number[n].state.name == "COMPLETE" and by_number[n].value == value
+    assert len(study.trials) == killed_number + 2  # the resume added exactly one trial
+    _, runs = runs_of(ws, "s4")
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    killed_run = [r for r in runs if r.info.run_name == f"trial-{killed_number}"][0]
+    assert killed_run.info.status == "KILLED"
+
+
+def test_best_exports_a_registered_pipeline_loadable_student_and_report_builds(ws):
+    overrides = ["--set", "search.study_name=s1", "--set", "search.storage=sqlite:///s1.db"]
+    study_cli(ws, "best", *overrides)
+    model_dir = ws / "artifacts" / "smoke" / "best" / "model"
+    assert (model_dir / "model.safetensors").exists()
+    assert not list(model_dir.glob("*.bin"))
+    from transformers import pipeline
+    qa = pipeline("question-answering", model=str(model_dir), device=-1)
+    answer = qa(question="Who won?", context="The Denver Broncos won Super Bowl 50.")
+    assert isinstance(answer["answer"], str)
+
+    reports = ws / "artifacts" / "smoke" / "reports"
+    metrics = json.loads((reports / "metrics.json").read_text())
+    best = load(ws, "s1").best_trial
+    assert metrics["distilled"]["trial"] == best.number
+    assert metrics["distilled"]["tune"]["f1"] == pytest.approx(best.value)
+    for role in ("teacher", "baseline", "distilled"):
+        assert set(metrics[role]["latency_ms"]) == {"batch1", "batch32"}
+        assert metrics[role]["parameters"] > 0
+    c = client(ws)
+    versions = c.search_model_versions("name = 'kd-qa-student-smoke'")
+    assert versions, "the best student is registered in the model registry"
+
+    res = study_cli(ws, "report")
+    assert (reports / "report.md").exists()
+    for fig in ("scores", "history", "params", "importances", "curves", "tradeoff"):
+        assert (reports / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+    assert "report.md" in res.stdout
+
+
+def test_bench_writes_times_and_ratios(ws):
+    study_cli(ws, "bench", "--steps", "3")
+    doc = json.loads((ws / "artifacts" / "smoke" / "reports" / "bench.json").read_text())
+    for key in ("plain_seconds", "live_teacher_seconds", "cached_teacher_seconds"):
+        assert doc[key] > 0
+    assert doc["ratio_cached_over_plain"] == pytest.approx(
+        doc["cached_teacher_seconds"] / doc["plain_seconds"], rel=1e-2)
