@@ -29,7 +29,7 @@ from study.distill import setup_of
 from study.errors import StudyError
 from study.io import read_json
 from study.tracking import RunHandle, Tracker
-from study.training import DistillSetup, load_splits
+from study.training import load_splits
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
@@ -177,7 +177,7 @@ class Objective:
         try:
             tcfg = trial_config(cfg, params)
             handle.log_dict(tcfg.to_dict(), "config.json")
-            setup = DistillSetup(**{**setup_of(tcfg).__dict__})
+            setup = setup_of(tcfg)
             doc = distill_student(
                 tcfg, setup, out, cfg.seed, f"trial-{trial.number}", role="trial",
                 callbacks=[PruningCallback(trial, trial.number in _faults()), NanGuard()],

@@ -8,7 +8,6 @@ Every run ends FINISHED, FAILED (with its reason) or KILLED, never left RUNNING.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -188,7 +187,3 @@ class MlflowLogCallback(TrainerCallback):
                     metrics[f"loss_{name}"] = sum(values) / len(values)
                     values.clear()
         self.handle.log_metrics(metrics, step=state.global_step)
-
-
-def params_digest(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -10,7 +10,6 @@ import math
 import time
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from transformers import Trainer
 
@@ -126,7 +125,3 @@ class DistillationTrainer(QuestionAnsweringTrainer):
 def eval_steps(n_features: int, batch_size: int, evals_per_epoch: int) -> int:
     steps_per_epoch = math.ceil(n_features / batch_size)
     return max(1, steps_per_epoch // max(1, evals_per_epoch))
-
-
-def as_numpy(x) -> np.ndarray:
-    return x if isinstance(x, np.ndarray) else np.asarray(x)
