@@ -60,13 +60,18 @@ def make_storage(cfg: Config, url: str | None = None):
             raise StudyError(f"cannot create the study folder {db.parent}: {exc.strerror}") from None
         # Several local workers share one file: wait for the lock instead of failing.
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat_interval,
-            grace_period=s.grace_period,
-            failed_trial_callback=None)
-    except Exception as exc:  # noqa: BLE001
-        raise StudyError(f"cannot open Optuna storage {url}: {str(exc).splitlines()[0][:200]}") from None
+    # Workers started together race to create the schema of a new database; the loser
+    # finds it created on a retry.
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat_interval,
+                grace_period=s.grace_period)
+        except Exception as exc:  # noqa: BLE001
+            if attempt == 4 or "IntegrityError" not in f"{type(exc).__name__} {exc}":
+                raise StudyError(f"cannot open Optuna storage {url}: "
+                                 f"{str(exc).splitlines()[0][:200]}") from None
+            time.sleep(0.5 * (attempt + 1))
 
 
 def make_pruner(cfg: Config):
@@ -260,8 +265,9 @@ def close_stale(study: optuna.Study, tracker: Tracker) -> int:
 def summarise(study: optuna.Study) -> dict[str, Any]:
     states = [t.state.name for t in study.trials]
     doc: dict[str, Any] = {"study_name": study.study_name, "n_trials": len(states),
-                           **{f"n_{s.lower()}": states.count(s) for s in
-                              ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}}
+                           **{key: states.count(state) for key, state in
+                              (("n_complete", "COMPLETE"), ("n_pruned", "PRUNED"),
+                               ("n_failed", "FAIL"), ("n_running", "RUNNING"))}}
     try:
         best = study.best_trial
         doc.update(best_trial=best.number, best_tune_f1=best.value, best_params=best.params,
@@ -351,6 +357,6 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
             parent.log_metrics({"best_tune_f1": doc["best_tune_f1"]})
         tracker.end(parent, status)
     print(f"study {study.study_name}: {doc['n_trials']} trials ({doc['n_complete']} complete, "
-          f"{doc['n_pruned']} pruned, {doc['n_fail']} failed); best trial {doc.get('best_trial')} "
+          f"{doc['n_pruned']} pruned, {doc['n_failed']} failed); best trial {doc.get('best_trial')} "
           f"tune F1 {doc.get('best_tune_f1')}")
     return doc
