@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -93,14 +95,23 @@ def build_or_load(teacher, teacher_dir: Path | None, tokenizer, features, collat
     directory = Path(root) / f"{key}-{dtype}"
     if (directory / "meta.json").exists():
         return TeacherLogitCache(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Scratch folder private to this process: workers sharing one study may build the
+    # same cache at once, and must not write into (or rename) each other's files.
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
-    compute_logits(teacher, features, collator, batch_size, device, max_length, dtype, tmp)
-    (tmp / "meta.json").write_text(json.dumps({
-        "key": key, "windows": len(features), "max_length": max_length, "doc_stride": doc_stride,
-        "dtype": dtype, "teacher": str(teacher_dir) if teacher_dir else None}, indent=2))
-    # Written complete, then renamed: a killed run never leaves a half cache behind.
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+    try:
+        compute_logits(teacher, features, collator, batch_size, device, max_length, dtype, tmp)
+        (tmp / "meta.json").write_text(json.dumps({
+            "key": key, "windows": len(features), "max_length": max_length,
+            "doc_stride": doc_stride, "dtype": dtype,
+            "teacher": str(teacher_dir) if teacher_dir else None}, indent=2))
+        # Written complete, then renamed: a killed run never leaves a half cache behind.
+        try:
+            tmp.rename(directory)
+        except OSError:
+            if not (directory / "meta.json").exists():
+                raise
+            # Another worker finished the same cache first; its logits are identical.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return TeacherLogitCache(directory)

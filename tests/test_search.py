@@ -203,7 +203,8 @@ def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_runnin
 
 
 def test_best_exports_a_registered_pipeline_loadable_student_and_report_builds(ws):
-    overrides = ["--set", "search.study_name=s1", "--set", "search.storage=sqlite:///s1.db"]
+    search(ws, "s5", 2)  # its own study: no dependence on which tests ran before
+    overrides = ["--set", "search.study_name=s5", "--set", "search.storage=sqlite:///s5.db"]
     study_cli(ws, "best", *overrides)
     model_dir = ws / "artifacts" / "smoke" / "best" / "model"
     assert (model_dir / "model.safetensors").exists()
@@ -215,7 +216,7 @@ def test_best_exports_a_registered_pipeline_loadable_student_and_report_builds(w
 
     reports = ws / "artifacts" / "smoke" / "reports"
     metrics = json.loads((reports / "metrics.json").read_text())
-    best = load(ws, "s1").best_trial
+    best = load(ws, "s5").best_trial
     assert metrics["distilled"]["trial"] == best.number
     assert metrics["distilled"]["tune"]["f1"] == pytest.approx(best.value)
     for role in ("teacher", "baseline", "distilled"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -237,3 +238,28 @@ def test_evaluation_keeps_feature_order_when_training_groups_by_length(tmp_path,
     assert torch.equal(outs[0], outs[1])
     first = torch.tensor([ids[:8] for ids in feats["input_ids"]])
     assert torch.equal(outs[1], first)
+
+
+def test_cache_built_by_two_workers_at_once_is_used_not_broken(tmp_path, teacher, train_feats,
+                                                               collator, distil_tokenizer,
+                                                               monkeypatch):
+    """Two search workers may build the same cache at once: the one that finishes second
+    keeps the first one's cache (same key, same logits) instead of failing its trial."""
+    import study.cache as cache_mod
+
+    teacher.eval()
+    kw = dict(root=tmp_path, max_length=MAX_LEN, doc_stride=STRIDE, batch_size=8,
+              device="cpu", dtype="float32")
+    real = cache_mod.compute_logits
+    other = {}
+
+    def rival_finishes_first(*a, **k):
+        monkeypatch.setattr(cache_mod, "compute_logits", real)
+        other["cache"] = build_or_load(teacher, None, distil_tokenizer, train_feats, collator, **kw)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cache_mod, "compute_logits", rival_finishes_first)
+    mine = build_or_load(teacher, None, distil_tokenizer, train_feats, collator, **kw)
+    assert mine.directory == other["cache"].directory
+    assert np.array_equal(np.asarray(mine.start), np.asarray(other["cache"].start))
+    assert [p.name for p in tmp_path.iterdir()] == [mine.directory.name]  # no scratch left
