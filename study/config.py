@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -54,14 +54,14 @@ class DataConfig:
     # embedded: the XQuAD-en file shipped in the package; hub: load_dataset(hub_name);
     # local: SQuAD v1.1 JSON file(s) given by path.
     source: Literal["embedded", "hub", "local"] = "embedded"
-    path: Optional[str] = None
-    dev_path: Optional[str] = None
+    path: str | None = None
+    dev_path: str | None = None
     hub_name: str = "squad"
     tune_fraction: float = 0.15
     dev_fraction: float = 0.25
     split_seed: int = 13
     # Cap on questions per split (smoke profile); null = all.
-    max_questions: Optional[int] = None
+    max_questions: int | None = None
     max_length: int = 256
     doc_stride: int = 128
 
@@ -91,7 +91,7 @@ class TeacherConfig:
     init: str = EMBEDDED
     # An already fine-tuned QA checkpoint (hub name or folder): the teacher stage then
     # evaluates and copies it instead of training.
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     train: TrainSpec = field(default_factory=TrainSpec)
 
     def validate(self) -> None:
@@ -105,7 +105,7 @@ class StudentConfig:
     init: str = EMBEDDED
     architecture: Literal["distilbert", "bert"] = "distilbert"
     # Teacher-checkpoint layers kept in the student; null keeps the init as it is.
-    layers: Optional[tuple[int, ...]] = (0, 1, 2)
+    layers: tuple[int, ...] | None = (0, 1, 2)
     train: TrainSpec = field(default_factory=TrainSpec)
 
     def validate(self) -> None:
@@ -165,13 +165,13 @@ class SearchConfig:
     # journal:PATH for Optuna's file journal. Relative sqlite paths are from the cwd.
     storage: str = "sqlite:///artifacts/{profile}/search/optuna.db"
     n_trials: int = 8
-    timeout: Optional[float] = None
+    timeout: float | None = None
     sampler_seed: int = 42
     n_startup_trials: int = 3
     temperature: Range = field(default_factory=lambda: Range(1.0, 20.0, True))
     alpha_ce: Range = field(default_factory=lambda: Range(0.0, 1.0))
     alpha_squad: Range = field(default_factory=lambda: Range(0.0, 1.0))
-    learning_rate: Optional[Range] = None
+    learning_rate: Range | None = None
     pruner: Literal["median", "none"] = "median"
     pruner_warmup_steps: int = 0
     heartbeat_interval: int = 10
@@ -272,7 +272,7 @@ class Config:
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def replace(self, **sections: Any) -> "Config":
+    def replace(self, **sections: Any) -> Config:
         """A new validated Config with whole sections swapped (the original is untouched)."""
         new = dataclasses.replace(self, **sections)
         new.validate()

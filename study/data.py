@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from study.config import DataConfig
 from study.errors import StudyError

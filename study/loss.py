@@ -6,7 +6,7 @@ each term averaged over start and end logits (run_squad_w_distillation.py).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ def span_ce(start_logits, end_logits, start_positions, end_positions) -> torch.T
 
 
 def soft_kl(student_logits, teacher_logits, temperature: float,
-            attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * KL(softmax(teacher/T) || softmax(student/T)), mean over the batch.
 
     Padding positions are masked out of both distributions, so the value does not
@@ -48,7 +48,7 @@ def soft_kl(student_logits, teacher_logits, temperature: float,
 def distillation_loss(student_start, student_end, start_positions, end_positions,
                       teacher_start=None, teacher_end=None, *, temperature: float = 2.0,
                       alpha_ce: float = 0.5, alpha_squad: float = 0.5,
-                      attention_mask: Optional[torch.Tensor] = None) -> LossParts:
+                      attention_mask: torch.Tensor | None = None) -> LossParts:
     ce = span_ce(student_start, student_end, start_positions, end_positions)
     if alpha_ce > 0:
         if teacher_start is None or teacher_end is None:

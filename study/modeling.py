@@ -12,9 +12,16 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer, BertConfig,
-                          BertForQuestionAnswering, DistilBertConfig,
-                          DistilBertForQuestionAnswering, DistilBertTokenizerFast)
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    BertConfig,
+    BertForQuestionAnswering,
+    DistilBertConfig,
+    DistilBertForQuestionAnswering,
+    DistilBertTokenizerFast,
+)
 
 from study.config import EMBEDDED, StudentConfig
 from study.errors import StudyError

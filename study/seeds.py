@@ -47,7 +47,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int, seed: int = 0) 
     means = diff[idx].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"f1_diff": float(diff.mean()), "ci95": [float(lo), float(hi)], "samples": samples,
-            "questions": int(len(diff))}
+            "questions": len(diff)}
 
 
 def _summary(docs: list[dict]) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from transformers import Trainer
@@ -77,7 +77,7 @@ class DistillationTrainer(QuestionAnsweringTrainer):
     the `feature_index` column) or from a live `teacher` model run under no_grad.
     """
 
-    def __init__(self, *args, teacher: Optional[torch.nn.Module] = None, teacher_logits=None,
+    def __init__(self, *args, teacher: torch.nn.Module | None = None, teacher_logits=None,
                  temperature: float = 2.0, alpha_ce: float = 0.5, alpha_squad: float = 0.5,
                  **kwargs):
         super().__init__(*args, **kwargs)

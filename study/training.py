@@ -7,8 +7,9 @@ import dataclasses
 import inspect
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments

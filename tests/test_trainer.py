@@ -219,9 +219,10 @@ def test_trainer_loss_is_the_pure_loss(tmp_path, teacher, student, train_feats, 
 
 def test_evaluation_keeps_feature_order_when_training_groups_by_length(tmp_path, tiny_bert_qa, tokenizer):
     """Regression: group_by_length once reordered eval windows, scrambling every answer."""
-    from study.trainer import QuestionAnsweringTrainer
     from transformers import DataCollatorWithPadding, TrainingArguments
-    from study.data import build_eval_features, load_squad_file, EMBEDDED_DATA
+
+    from study.data import EMBEDDED_DATA, build_eval_features, load_squad_file
+    from study.trainer import QuestionAnsweringTrainer
 
     records = load_squad_file(EMBEDDED_DATA)[:24]
     feats = build_eval_features(records, tokenizer, 128, 64)
