@@ -31,7 +31,10 @@ def git_state() -> dict[str, str]:
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # The pipeline's own outputs (dvc.lock, reports/) change during `dvc repro`; only a
+        # change to code or params makes the numbers come from something uncommitted.
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                         ":(top,exclude)dvc.lock", ":(top,exclude)reports"))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     return {"git_commit": commit or "unknown", "git_dirty": str(dirty).lower()}
