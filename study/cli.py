@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import time
@@ -104,8 +105,17 @@ def dispatch(args: argparse.Namespace) -> None:
         _stage(cmd).run(cfg)
 
 
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+    # Optuna logs a traceback for a trial stopped by Ctrl-C. The trial is recorded as
+    # interrupted and main() says so in one line, so the traceback is noise.
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    optimize_log = logging.getLogger("optuna.study._optimize")
+    if _not_an_interrupt not in optimize_log.filters:
+        optimize_log.addFilter(_not_an_interrupt)
     args = build_parser().parse_args(argv)
     try:
         dispatch(args)

@@ -163,25 +163,29 @@ def test_two_concurrent_workers_share_one_study(ws):
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
+def running_after_one_done(ws: Path, name: str, proc, timeout: float = 300) -> int | None:
+    """Wait until the study has a finished trial and a running one; return the running one."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if not (ws / f"{name}.db").exists():
+            continue
+        try:
+            trials = load(ws, name).trials
+        except Exception:  # noqa: BLE001 - study not created yet
+            continue
+        done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+        running = [t for t in trials if t.state.name == "RUNNING"]
+        if done and running:
+            time.sleep(2)  # well inside the trial's training
+            return running[0].number
+    return None
+
+
 def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_running(ws):
     proc = search(ws, "s4", 5, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    killed_number = None
     try:
-        while time.time() < deadline:
-            time.sleep(1)
-            if not (ws / "s4.db").exists():
-                continue
-            try:
-                trials = load(ws, "s4").trials
-            except Exception:  # noqa: BLE001 - study not created yet
-                continue
-            done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-            running = [t for t in trials if t.state.name == "RUNNING"]
-            if done and running:
-                time.sleep(2)  # well inside the trial's training
-                killed_number = running[0].number
-                break
+        killed_number = running_after_one_done(ws, "s4", proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -200,6 +204,27 @@ def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_runnin
     assert runs and all(r.info.status != "RUNNING" for r in runs)
     killed_run = [r for r in runs if r.info.run_name == f"trial-{killed_number}"][0]
     assert killed_run.info.status == "KILLED"
+
+
+def test_ctrl_c_marks_the_running_trial_and_keeps_the_rest(ws):
+    proc = search(ws, "s6", 5, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        interrupted = running_after_one_done(ws, "s6", proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    assert interrupted is not None, "no trial was running before the deadline"
+    assert proc.returncode == 130
+    assert "study search: interrupted" in err and "Traceback" not in err
+    by_number = {t.number: t for t in load(ws, "s6").trials}
+    assert by_number[interrupted].state.name == "FAIL"
+    assert by_number[interrupted].user_attrs["fail_reason"] == "interrupted"
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for n, t in by_number.items() if n < interrupted)
+    _, runs = runs_of(ws, "s6")
+    by_name = {r.info.run_name: r for r in runs}
+    assert by_name[f"trial-{interrupted}"].info.status == "KILLED"
+    assert by_name["study-s6"].info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in runs)
 
 
 def test_best_exports_a_registered_pipeline_loadable_student_and_report_builds(ws):
