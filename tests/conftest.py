@@ -1,11 +1,14 @@
 """Shared fixtures: the real offline tokenizer and data, and tiny random QA models.
 
 Models are tiny (hidden 32, 2 layers, 2 heads) so that every unit test runs in well
-under a second on two CPU cores; only tests/test_cli.py runs the real pipeline.
+under a second on two CPU cores; tests/test_cli.py and tests/test_search.py run the
+real CLI on the smoke profile, through `study_command`.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,17 @@ from study.data import EMBEDDED_DATA, load_squad_file
 from study.modeling import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+def study_command(*args: str, profile: str | None = "smoke",
+                  env: dict | None = None) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that run the real `study` CLI as a subprocess, offline."""
+    cmd = [sys.executable, "-m", "study", *args, "--params", str(REPO_ROOT / "params.yaml")]
+    if profile is not None:
+        cmd += ["--profile", profile]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                **(env or {})}
+    return cmd, full_env
+
 
 TINY = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 37, "positions": 256}
 

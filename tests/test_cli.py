@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import study_command
 
 from study.cli import RUN_CHAIN
 
 pytestmark = pytest.mark.slow
 
-PARAMS = str(REPO_ROOT / "params.yaml")
 SMOKE = Path("artifacts") / "smoke"
 STAGES = ("data", "teacher", "baseline", "distill")
 # `study run` chains more stages (search, best, report...) than this module exercises.
@@ -30,11 +27,7 @@ SKIP = [arg for stage in RUN_CHAIN if stage not in ("prepare", "teacher", "basel
 
 def study(cwd: Path, *args: str, profile: str | None = "smoke", env: dict | None = None,
           timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "study", *args, "--params", PARAMS]
-    if profile is not None:
-        cmd += ["--profile", profile]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                **(env or {})}
+    cmd, full_env = study_command(*args, profile=profile, env=env)
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 

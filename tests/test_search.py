@@ -4,25 +4,21 @@ real MLflow (SQLite), nothing mocked. Read back with optuna.load_study and Mlflo
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import study_command
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 TRACKING = "sqlite:///mlruns/mlflow.db"
 
 
 def study_cli(ws: Path, *args: str, env: dict | None = None, check: bool = True, **popen):
-    cmd = [sys.executable, "-m", "study", *args, "--params", str(REPO / "params.yaml"),
-           "--profile", "smoke"]
-    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    cmd, full_env = study_command(*args, env=env)
     if popen:
         return subprocess.Popen(cmd, cwd=ws, env=full_env, **popen)
     res = subprocess.run(cmd, cwd=ws, env=full_env, capture_output=True, text=True, timeout=600)
