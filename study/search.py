@@ -28,6 +28,7 @@ from study.config import Config, validate_distill_weights
 from study.distill import setup_of
 from study.errors import StudyError
 from study.io import read_json
+from study.storage import open_optuna_storage
 from study.tracking import RunHandle, Tracker
 from study.training import load_splits
 
@@ -43,35 +44,8 @@ def output_dir(cfg: Config) -> Path:
 
 # --------------------------------------------------------------------------- storage
 def make_storage(cfg: Config, url: str | None = None):
-    url = url or cfg.storage_url
-    s = cfg.search
-    if url.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-        path = Path(url[len("journal:"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///"):])
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StudyError(f"cannot create the study folder {db.parent}: {exc.strerror}") from None
-        # Several local workers share one file: wait for the lock instead of failing.
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    # Workers started together race to create the schema of a new database; the loser
-    # finds it created on a retry.
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat_interval,
-                grace_period=s.grace_period)
-        except Exception as exc:  # noqa: BLE001
-            if attempt == 4 or "IntegrityError" not in f"{type(exc).__name__} {exc}":
-                raise StudyError(f"cannot open Optuna storage {url}: "
-                                 f"{str(exc).splitlines()[0][:200]}") from None
-            time.sleep(0.5 * (attempt + 1))
+    return open_optuna_storage(url or cfg.storage_url, cfg.search.heartbeat_interval,
+                               cfg.search.grace_period)
 
 
 def make_pruner(cfg: Config):

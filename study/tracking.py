@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from study.config import Config
 from study.errors import StudyError
+from study.storage import redact, schema_lock
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -101,33 +102,37 @@ class RunHandle:
 class Tracker:
     def __init__(self, cfg: Config):
         import mlflow
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         self.cfg = cfg
         uri = cfg.tracking.uri
-        if uri.startswith("sqlite:///"):
-            db = Path(uri[len("sqlite:///"):])
-            try:
-                db.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StudyError(f"cannot create the MLflow store folder {db.parent}: {exc.strerror}") from None
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
-        name = cfg.experiment_name
         try:
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                location = Path(cfg.tracking.artifact_location).resolve().as_uri() \
-                    if "://" not in cfg.tracking.artifact_location else cfg.tracking.artifact_location
-                self.experiment_id = self.client.create_experiment(name, artifact_location=location)
-            else:
-                self.experiment_id = exp.experiment_id
-        except Exception as exc:  # noqa: BLE001
-            if type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
-                # Another worker created it between our lookup and create.
-                self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
-            else:
-                raise StudyError(f"cannot open MLflow tracking store {uri}: {str(exc).splitlines()[0][:200]}") from None
+            # The first call creates a new store's tables: one worker at a time.
+            with schema_lock(uri):
+                self.experiment_id = self._experiment_id(cfg.experiment_name)
+        except (MlflowException, OSError) as exc:
+            raise StudyError(f"cannot open MLflow tracking store {redact(uri)}: "
+                             f"{str(exc).splitlines()[0][:200]}") from None
+
+    def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.cfg.tracking.artifact_location
+        if "://" not in location:
+            location = Path(location).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # A worker on another machine created it between our lookup and create.
+            return self.client.get_experiment_by_name(name).experiment_id
 
     def start(self, name: str, role: str, params: dict[str, Any] | None = None,
               tags: dict[str, Any] | None = None, parent_run_id: str | None = None,

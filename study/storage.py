@@ -1,0 +1,115 @@
+"""Opening the databases that several workers share: the Optuna study storage and the
+MLflow tracking store.
+
+Workers started together all find a new database without its tables and all try to create
+them; on SQLite the losers fail with `table ... already exists`, on PostgreSQL with a
+duplicate-object error. `schema_lock` serialises that first creation with the backend's own
+lock (a file lock next to a SQLite file, an advisory lock on PostgreSQL, GET_LOCK on MySQL),
+so the second worker only opens what the first one made. Nothing is retried.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from study.errors import StudyError
+
+SQLITE = "sqlite:///"
+LOCK_WAIT_S = 120  # creating a schema takes well under a second; this only bounds a hang
+
+
+def sqlite_path(url: str) -> Path | None:
+    return Path(url[len(SQLITE):]) if url.startswith(SQLITE) else None
+
+
+def _lock_key(url: str) -> int:
+    # A signed 32-bit key per database URL, so unrelated databases on one server do not
+    # wait for each other.
+    return zlib.crc32(url.encode()) - 2**31
+
+
+@contextmanager
+def _sqlite_lock(db: Path) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"cannot create the folder {db.parent}: {exc.strerror}") from None
+    try:
+        with FileLock(str(db) + ".lock", timeout=LOCK_WAIT_S):
+            yield
+    except Timeout:
+        raise StudyError(f"waited {LOCK_WAIT_S} s for the lock on {db}") from None
+
+
+@contextmanager
+def _server_lock(url: str, acquire: str, release: str) -> Iterator[None]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(acquire), {"key": _lock_key(url)})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(release), {"key": _lock_key(url)})
+    finally:
+        engine.dispose()
+
+
+def schema_lock(url: str):
+    """Held while a process creates or checks the tables of the database at `url`."""
+    db = sqlite_path(url)
+    if db is not None:
+        return _sqlite_lock(db)
+    if url.startswith("postgresql"):
+        return _server_lock(url, "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
+    if url.startswith("mysql"):
+        return _server_lock(url, f"SELECT GET_LOCK(CAST(:key AS CHAR), {LOCK_WAIT_S})",
+                            "SELECT RELEASE_LOCK(CAST(:key AS CHAR))")
+    return nullcontext()
+
+
+def open_optuna_storage(url: str, heartbeat_interval: int | None = None,
+                        grace_period: int | None = None):
+    """An Optuna storage for `url` (any SQLAlchemy URL, or `journal:PATH`), safe to open from
+    several processes at once."""
+    import optuna
+    import sqlalchemy.exc
+
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs: dict[str, Any] = {}
+    if sqlite_path(url) is not None:
+        # Several local workers share one file: wait for SQLite's write lock, do not fail.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        with schema_lock(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise StudyError(f"cannot open Optuna storage {redact(url)}: {first}") from None
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not an SQLAlchemy URL (journal:PATH): nothing to hide
+        return url
