@@ -23,12 +23,13 @@ import optuna
 from transformers import TrainerCallback
 
 from study import baseline as baseline_stage
+from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
 from study.distill import setup_of
 from study.errors import StudyError
 from study.io import read_json
-from study.storage import open_optuna_storage
+from study.storage import open_optuna_storage, schema_lock
 from study.tracking import RunHandle, Tracker
 from study.training import load_splits
 
@@ -67,8 +68,10 @@ def load_study(cfg: Config, storage=None, study_name: str | None = None):
         pass
     sampler = optuna.samplers.TPESampler(seed=cfg.search.sampler_seed + n_existing,
                                          n_startup_trials=cfg.search.n_startup_trials)
-    return optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                               pruner=make_pruner(cfg), direction="maximize", load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                pruner=make_pruner(cfg), direction="maximize", load_if_exists=True)
+    design.check_fixed_settings(study, cfg)
+    return study
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -149,7 +152,8 @@ class Objective:
                       "teacher": str(teacher_stage.output_dir(cfg) / "model"),
                       "learning_rate": params.get("learning_rate", cfg.student.train.learning_rate)}
         handle = self.tracker.start(f"trial-{trial.number}", "trial", params=run_params,
-                                    tags={"study_name": self.study_name, "optuna_trial": trial.number},
+                                    tags={"study_name": self.study_name, "optuna_trial": trial.number,
+                                          "arm": trial.user_attrs.get(design.ARM_ATTR, "searched")},
                                     parent_run_id=self.parent_run_id, split_hashes=self.hashes)
         trial.set_user_attr(RUN_ATTR, handle.run_id)
         out = output_dir(cfg) / "trials" / str(trial.number)
@@ -298,6 +302,9 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     storage_url = storage or cfg.storage_url
     storage_obj = make_storage(cfg, storage_url)
     study = load_study(cfg, storage_obj, study_name)
+    with schema_lock(storage_url):  # one worker gives a new study its first trial
+        design.initialise(study, cfg)
+    design.check_fixed_settings(study, cfg)
     tracker = Tracker(cfg)
     closed = close_stale(study, tracker)
     if closed:

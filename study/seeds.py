@@ -1,6 +1,9 @@
-"""Stage `seeds`: is the distillation gain real? Re-train the baseline and the best
-distilled configuration with several seeds; mean and 95% CI of dev EM/F1 per model, and
-a paired bootstrap 95% CI of the F1 difference (distilled - baseline) over dev questions.
+"""Stage `seeds`: do the study's answers hold across seeds? Three arms re-trained with the
+same seeds: the task-agnostic baseline (no teacher), the authors' setting and the searched
+best. Per arm, mean and t-based 95% CI of dev EM/F1; per question of the study (authors' KD
+vs baseline, searched vs authors, searched vs baseline; the searched best is the arm
+`distilled`), a paired bootstrap 95% CI of the F1
+difference over the same dev questions.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from study import design
 from study import search as search_stage
 from study.baseline import train_baseline
 from study.config import Config
@@ -58,6 +62,33 @@ def _summary(docs: list[dict]) -> dict:
     return out
 
 
+# The three questions of the study, each a paired difference (b - a) over dev questions.
+# The searched best is the arm `distilled`, as in reports/metrics.json.
+COMPARISONS = {"authors_minus_baseline": ("baseline", "authors"),
+               "distilled_minus_authors": ("authors", "distilled"),
+               "distilled_minus_baseline": ("baseline", "distilled")}
+
+
+def arms(cfg: Config, best: optuna.trial.FrozenTrial) -> dict[str, dict | None]:
+    """Arm -> distillation params (None: the task-agnostic baseline, no teacher)."""
+    return {"baseline": None, "authors": design.authors_params(cfg), "distilled": dict(best.params)}
+
+
+def train_arm(cfg: Config, arm: str, params: dict | None, seed: int, tags: dict) -> tuple[dict, dict]:
+    """Train one arm with one seed; its metrics document and dev predictions."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        name = f"seed-{seed}-{arm}"
+        if params is None:
+            doc = train_baseline(cfg, out, seed, name, tags=tags, save=False)
+        else:
+            tcfg = search_stage.trial_config(cfg, params)
+            doc = distill_student(tcfg, setup_of(tcfg), out, seed, name, role=f"seed-{arm}",
+                                  tags=tags, save=False)
+        preds = json.loads((out / "predictions_dev.json").read_text())
+    return doc, preds
+
+
 def run(cfg: Config) -> dict:
     study = search_stage.load_study(cfg)
     try:
@@ -65,39 +96,40 @@ def run(cfg: Config) -> dict:
     except ValueError:
         raise StudyError("no complete trial to re-train: run `study search` first") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tcfg = search_stage.trial_config(cfg, dict(best.params))
     splits, _ = load_splits(cfg)
     refs = {r["id"]: list(r["answers"]["text"]) for r in splits["dev"]}
     qids = sorted(refs)
-    runs: dict[str, list[dict]] = {"baseline": [], "distilled": []}
-    per_q: dict[str, list[np.ndarray]] = {"baseline": [], "distilled": []}
+    settings = arms(cfg, best)
+    docs: dict[str, list[dict]] = {arm: [] for arm in settings}
+    per_q: dict[str, list[np.ndarray]] = {arm: [] for arm in settings}
     tags = {"seeds_of_trial": best.number}
     for seed in cfg.seeds.seeds:
-        for role in ("baseline", "distilled"):
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp)
-                if role == "baseline":
-                    doc = train_baseline(cfg, out, seed, f"seed-{seed}-baseline", tags=tags, save=False)
-                else:
-                    doc = distill_student(tcfg, setup_of(tcfg), out, seed, f"seed-{seed}-distilled",
-                                          role="seed-distilled", tags=tags, save=False)
-                preds = json.loads((out / "predictions_dev.json").read_text())
-            scores = per_question(preds, refs)
-            runs[role].append(doc)
-            per_q[role].append(np.array([scores[q][1] for q in qids]) * 100)
-            print(f"seed {seed} {role}: dev EM/F1 {doc['dev']['exact_match']:.2f}/{doc['dev']['f1']:.2f}",
-                  flush=True)
+        for arm, params in settings.items():
+            if arm == "distilled" and params == settings["authors"]:
+                # The search found the authors' setting: the same training, not run twice.
+                doc, f1 = docs["authors"][-1], per_q["authors"][-1]
+            else:
+                doc, preds = train_arm(cfg, arm, params, seed, {**tags, "arm": arm})
+                scores = per_question(preds, refs)
+                f1 = np.array([scores[q][1] for q in qids]) * 100
+            docs[arm].append(doc)
+            per_q[arm].append(f1)
+            print(f"seed {seed} {arm}: dev EM/F1 {doc['dev']['exact_match']:.2f}/"
+                  f"{doc['dev']['f1']:.2f}", flush=True)
+    # Per-question F1 averaged over seeds, then paired across arms on the same questions.
+    mean_q = {arm: np.mean(rows, axis=0) for arm, rows in per_q.items()}
+    paired = {name: paired_bootstrap(mean_q[a], mean_q[b], cfg.seeds.bootstrap_samples,
+                                     seed=cfg.seed) for name, (a, b) in COMPARISONS.items()}
     result = {
         "seeds": list(cfg.seeds.seeds), "trial": best.number, "params": dict(best.params),
-        "baseline": _summary(runs["baseline"]), "distilled": _summary(runs["distilled"]),
-        # Per-question F1 averaged over seeds, then paired across models.
-        "paired_bootstrap": paired_bootstrap(np.mean(per_q["baseline"], axis=0),
-                                             np.mean(per_q["distilled"], axis=0),
-                                             cfg.seeds.bootstrap_samples, seed=cfg.seed),
-        "mlflow_run_ids": {role: [d["mlflow_run_id"] for d in docs] for role, docs in runs.items()},
+        "authors_params": settings["authors"],
+        **{arm: _summary(d) for arm, d in docs.items()},
+        "paired": paired,
+        "paired_bootstrap": paired["distilled_minus_baseline"],  # read by the report until it shows all three
+        "mlflow_run_ids": {arm: [d["mlflow_run_id"] for d in ds] for arm, ds in docs.items()},
     }
     write_json(cfg.reports / "seeds.json", result)
-    pb = result["paired_bootstrap"]
-    print(f"F1 difference distilled - baseline: {pb['f1_diff']:.2f} "
-          f"(95% CI {pb['ci95'][0]:.2f} .. {pb['ci95'][1]:.2f})")
+    for name, pb in paired.items():
+        print(f"F1 difference {name.replace('_minus_', ' - ')}: {pb['f1_diff']:.2f} "
+              f"(95% CI {pb['ci95'][0]:.2f} .. {pb['ci95'][1]:.2f})")
     return result

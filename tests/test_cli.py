@@ -20,9 +20,6 @@ pytestmark = pytest.mark.slow
 
 SMOKE = Path("artifacts") / "smoke"
 STAGES = ("data", "teacher", "baseline", "distill")
-# `study run` chains more stages (search, best, report...) than this module exercises.
-SKIP = [arg for stage in RUN_CHAIN if stage not in ("prepare", "teacher", "baseline", "distill")
-        for arg in ("--skip", stage)]
 
 
 def study(cwd: Path, *args: str, profile: str | None = "smoke", env: dict | None = None,
@@ -56,10 +53,28 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> Path:
+    """The README's main job on the smoke profile (the whole study), then `study distill`."""
     cwd = tmp_path_factory.mktemp("full")
-    proc = ok(study(cwd, "run", *SKIP))
-    assert "== study distill (smoke)" in proc.stdout and "== study search" not in proc.stdout
+    proc = ok(study(cwd, "run"))
+    ran = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("== study ")]
+    assert ran == list(RUN_CHAIN) and "seeds" in ran and "distill" not in ran
+    ok(study(cwd, "distill"))
     return cwd
+
+
+def test_the_main_job_compares_three_arms_over_seeds(full_run):
+    seeds = json.loads((full_run / SMOKE / "reports" / "seeds.json").read_text())
+    for arm in ("baseline", "authors", "distilled"):
+        assert len(seeds[arm]["f1"]) == len(seeds["seeds"]) == 3, arm
+        lo, hi = seeds[arm]["ci95"]["f1"]
+        assert lo <= seeds[arm]["mean"]["f1"] <= hi
+    assert seeds["authors_params"] == {"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5}
+    assert set(seeds["paired"]) == {"authors_minus_baseline", "distilled_minus_authors",
+                                    "distilled_minus_baseline"}
+    for name, diff in seeds["paired"].items():
+        lo, hi = diff["ci95"]
+        assert lo <= diff["f1_diff"] <= hi, name
+    assert (full_run / SMOKE / "reports" / "report.md").exists()
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,9 @@ def test_trials_are_nested_runs_with_params_metrics_tags_artifacts(ws):
     assert sorted(states) == [0, 1, 2, 3]
     assert states[1] == "FAIL"  # the raising trial is recorded, the study went on
     assert "injected fault" in study.trials[1].user_attrs["fail_reason"]
+    # A new study's first trial is the authors' setting.
+    assert study.trials[0].params == {"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5}
+    assert study.trials[0].user_attrs["arm"] == "authors"
     assert any(s == "COMPLETE" for s in states.values())
 
     c, runs = runs_of(ws, "s1")
@@ -141,6 +144,14 @@ def test_second_session_adds_trials_to_the_same_study(ws):
     # The resumed sampler did not replay the first session's samples.
     temps = [t.params["temperature"] for t in study.trials]
     assert len(set(temps)) == 4
+    # A session with another training recipe is refused and adds nothing.
+    res = study_cli(ws, "search", "--n-trials", "1", "--study-name", "s2", "--storage",
+                    "sqlite:///s2.db", "--set", "student.train.epochs=1", check=False)
+    assert res.returncode == 2 and "student.train.epochs" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert [(t.number, t.state) for t in load(ws, "s2").trials] == \
+        [(t.number, t.state) for t in study.trials]
+    assert len(runs_of(ws, "s2")[1]) == len(runs)
 
 
 def test_two_concurrent_workers_share_one_study(ws):
