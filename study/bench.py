@@ -1,6 +1,12 @@
 """`study bench`: what the teacher-logit cache buys. Same student init, data and steps:
 (a) plain fine-tuning, (b) distillation with the live teacher, (c) distillation with the
 cache. Times go to reports/bench.json; target (c)/(a) <= 1.05.
+
+`study bench --pruning`: what pruning buys. The same seeded search (same sampler seed, same
+number of configurations, the authors' setting first) with no pruning and with the
+configured pruner: trial-epochs trained, wall time, best `tune` F1 and its dev F1, into the
+`pruning` section of reports/bench.json. Target: >= 40% fewer trial-epochs with the best
+`tune` F1 within 1 point.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import transformers
 from transformers import DataCollatorWithPadding
 
@@ -17,9 +24,9 @@ from study import teacher as teacher_stage
 from study.cache import build_or_load
 from study.config import Config
 from study.data import build_train_features
-from study.io import write_json
+from study.io import read_json, write_json
 from study.modeling import build_student
-from study.tracking import device_name, git_state, package_versions
+from study.tracking import Tracker, device_name, git_state, package_versions
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer
 from study.training import apply_runtime, load_splits, training_arguments
 
@@ -72,8 +79,69 @@ def run(cfg: Config, steps: int | None = None) -> dict:
         "target_cached_over_plain": 1.05,
         "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
     }
-    write_json(cfg.reports / "bench.json", doc)
+    update_bench(cfg, doc)
     print(f"plain {doc['plain_seconds']}s, live teacher {doc['live_teacher_seconds']}s "
           f"(x{doc['ratio_live_over_plain']}), cached {doc['cached_teacher_seconds']}s "
           f"(x{doc['ratio_cached_over_plain']}); cache built in {doc['cache_build_seconds']}s")
+    return doc
+
+
+def update_bench(cfg: Config, section: dict) -> None:
+    """Merge into reports/bench.json, keeping what the other benchmark wrote."""
+    path = cfg.reports / "bench.json"
+    doc = read_json(path, "benchmark file", "") if path.exists() else {}
+    doc.update(section)
+    write_json(path, doc)
+
+
+def _search_once(cfg: Config, pruner: str, n_configs: int, out_root: Path) -> dict:
+    from study import design, search
+
+    pcfg = cfg.replace(search=dataclasses.replace(cfg.search, pruner=pruner, keep_weights=False))
+    study = optuna.create_study(
+        study_name=f"bench-pruning-{pruner}", storage=optuna.storages.InMemoryStorage(),
+        sampler=optuna.samplers.TPESampler(seed=cfg.search.sampler_seed,
+                                           n_startup_trials=cfg.search.n_startup_trials),
+        pruner=search.make_pruner(pcfg), direction="maximize")
+    design.initialise(study, pcfg)
+    tracker = Tracker(pcfg)
+    t0 = time.perf_counter()
+    with tracker.run(study.study_name, "bench", params={"pruner": pruner,
+                                                        "n_configs": n_configs}) as parent:
+        objective = search.Objective(pcfg, tracker, parent.run_id, study.study_name,
+                                     out_root=out_root / pruner)
+        study.optimize(objective, n_trials=n_configs, catch=(Exception,))
+    wall = time.perf_counter() - t0
+    rounds = search.evaluation_rounds(pcfg)
+    per_epoch = rounds / pcfg.student.train.epochs
+    trained = sum(t.last_step or 0 for t in study.trials)
+    best = study.best_trial
+    return {"pruner": pruner, "configurations": len(study.trials),
+            "states": {s: sum(t.state.name == s for t in study.trials)
+                       for s in ("COMPLETE", "PRUNED", "FAIL")},
+            "trial_epochs": round(trained / per_epoch, 3), "wall_seconds": round(wall, 1),
+            "best_trial": best.number, "best_tune_f1": best.value,
+            "best_dev_f1": best.user_attrs.get("dev_f1")}
+
+
+def pruning(cfg: Config, n_configs: int | None = None) -> dict:
+    n_configs = n_configs or cfg.search.n_trials
+    chosen = cfg.search.pruner if cfg.search.pruner != "none" else "median"
+    with tempfile.TemporaryDirectory() as tmp:
+        arms = {name: _search_once(cfg, name, n_configs, Path(tmp)) for name in ("none", chosen)}
+    off, on = arms["none"], arms[chosen]
+    saved = 1 - on["trial_epochs"] / off["trial_epochs"] if off["trial_epochs"] else None
+    doc = {"pruning": {
+        "profile": cfg.profile, "sampler_seed": cfg.search.sampler_seed, "configurations": n_configs,
+        "no_pruning": off, "pruned": on,
+        "trial_epochs_saved": None if saved is None else round(saved, 4),
+        "best_tune_f1_change": round(on["best_tune_f1"] - off["best_tune_f1"], 4),
+        "target": {"trial_epochs_saved_at_least": 0.40, "best_tune_f1_within": 1.0},
+        "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
+    }}
+    update_bench(cfg, doc)
+    p = doc["pruning"]
+    print(f"pruning ({chosen}): {on['trial_epochs']} trial-epochs vs {off['trial_epochs']} "
+          f"without ({p['trial_epochs_saved']:.0%} saved), best tune F1 {on['best_tune_f1']:.2f} "
+          f"vs {off['best_tune_f1']:.2f}; wall {on['wall_seconds']} s vs {off['wall_seconds']} s")
     return doc

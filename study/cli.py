@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("report", "regenerate reports/ (tables, figures) from the exported results")
     b = add("bench", "time plain fine-tuning vs live-teacher vs cached-teacher distillation")
     b.add_argument("--steps", type=int, default=None, help="training steps per variant")
+    b.add_argument("--pruning", action="store_true",
+                   help="instead: the same seeded search with and without the pruner")
+    b.add_argument("--n-configs", type=int, default=None,
+                   help="configurations per search with --pruning (default: search.n_trials)")
     u = add("ui", "start the MLflow UI on the project's tracking store (127.0.0.1)")
     u.add_argument("--port", type=int, default=5000)
     r = add("run", "the main job: " + ", ".join(RUN_CHAIN))
@@ -84,7 +88,11 @@ def dispatch(args: argparse.Namespace) -> None:
         _stage("search").run(cfg, n_trials=args.n_trials, timeout=args.timeout,
                              storage=args.storage, study_name=args.study_name)
     elif cmd == "bench":
-        _stage("bench").run(cfg, steps=args.steps)
+        bench = _stage("bench")
+        if args.pruning:
+            bench.pruning(cfg, n_configs=args.n_configs)
+        else:
+            bench.run(cfg, steps=args.steps)
     elif cmd == "ui":
         _stage("ui").run(cfg, port=args.port)
     elif cmd == "run":

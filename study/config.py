@@ -172,7 +172,7 @@ class SearchConfig:
     alpha_ce: Range = field(default_factory=lambda: Range(0.0, 1.0))
     alpha_squad: Range = field(default_factory=lambda: Range(0.0, 1.0))
     learning_rate: Range | None = None
-    pruner: Literal["median", "none"] = "median"
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
     pruner_warmup_steps: int = 0
     heartbeat_interval: int = 10
     grace_period: int = 30

@@ -27,7 +27,6 @@ from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
 from study.distill import setup_of
-from study.errors import StudyError
 from study.io import read_json
 from study.storage import open_optuna_storage, schema_lock
 from study.tracking import RunHandle, Tracker
@@ -49,11 +48,29 @@ def make_storage(cfg: Config, url: str | None = None):
                                cfg.search.grace_period)
 
 
+def evaluation_rounds(cfg: Config) -> int:
+    """Tune evaluations in one full trial: the resource the pruners count in."""
+    spec = cfg.student.train
+    return max(1, math.ceil(spec.epochs * spec.evals_per_epoch))
+
+
+# Pruners by name. The resource is the trial's evaluation round on `tune` (several per epoch),
+# which PruningCallback reports as the step.
+PRUNERS = {
+    "none": lambda cfg: optuna.pruners.NopPruner(),
+    "median": lambda cfg: optuna.pruners.MedianPruner(
+        n_startup_trials=cfg.search.n_startup_trials,
+        n_warmup_steps=cfg.search.pruner_warmup_steps),
+    "successive_halving": lambda cfg: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=max(1, cfg.search.pruner_warmup_steps), reduction_factor=3),
+    "hyperband": lambda cfg: optuna.pruners.HyperbandPruner(
+        min_resource=max(1, cfg.search.pruner_warmup_steps),
+        max_resource=evaluation_rounds(cfg), reduction_factor=3),
+}
+
+
 def make_pruner(cfg: Config):
-    if cfg.search.pruner == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=cfg.search.n_startup_trials,
-                                       n_warmup_steps=cfg.search.pruner_warmup_steps)
+    return PRUNERS[cfg.search.pruner](cfg)
 
 
 def load_study(cfg: Config, storage=None, study_name: str | None = None):
@@ -135,9 +152,11 @@ def _faults() -> set[int]:
 
 
 class Objective:
-    def __init__(self, cfg: Config, tracker: Tracker, parent_run_id: str, study_name: str):
+    def __init__(self, cfg: Config, tracker: Tracker, parent_run_id: str, study_name: str,
+                 out_root: Path | None = None):
         self.cfg, self.tracker = cfg, tracker
         self.parent_run_id, self.study_name = parent_run_id, study_name
+        self.out_root = out_root or output_dir(cfg) / "trials"
         self.splits, self.hashes = load_splits(cfg)
         teacher_stage.load_trained(cfg)  # fail early, before any trial, if there is none
 
@@ -156,7 +175,7 @@ class Objective:
                                           "arm": trial.user_attrs.get(design.ARM_ATTR, "searched")},
                                     parent_run_id=self.parent_run_id, split_hashes=self.hashes)
         trial.set_user_attr(RUN_ATTR, handle.run_id)
-        out = output_dir(cfg) / "trials" / str(trial.number)
+        out = self.out_root / str(trial.number)
         try:
             tcfg = trial_config(cfg, params)
             handle.log_dict(tcfg.to_dict(), "config.json")

@@ -272,3 +272,20 @@ def test_bench_writes_times_and_ratios(ws):
         assert doc[key] > 0
     assert doc["ratio_cached_over_plain"] == pytest.approx(
         doc["cached_teacher_seconds"] / doc["plain_seconds"], rel=1e-2)
+
+
+def test_pruning_bench_counts_the_epochs_each_search_trained(ws):
+    study_cli(ws, "bench", "--pruning", "--n-configs", "3", "--set", "search.pruner=hyperband",
+              "--set", "search.pruner_warmup_steps=1")
+    doc = json.loads((ws / "artifacts" / "smoke" / "reports" / "bench.json").read_text())
+    assert doc["plain_seconds"] > 0  # the cache benchmark's figures are kept
+    p = doc["pruning"]
+    off, on = p["no_pruning"], p["pruned"]
+    assert off["pruner"] == "none" and on["pruner"] == "hyperband"
+    # Without pruning every configuration trains all its epochs (smoke: 2).
+    assert off["states"] == {"COMPLETE": 3, "PRUNED": 0, "FAIL": 0}
+    assert off["trial_epochs"] == 3 * 2
+    assert on["configurations"] == 3 and on["trial_epochs"] <= off["trial_epochs"]
+    assert p["trial_epochs_saved"] == pytest.approx(1 - on["trial_epochs"] / off["trial_epochs"])
+    # The same seeded sampler: the first configuration (the authors' setting) is shared.
+    assert on["best_tune_f1"] > 0 and off["best_tune_f1"] > 0
