@@ -5,7 +5,6 @@ cache. Times go to reports/bench.json; target (c)/(a) <= 1.05.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ def run(cfg: Config, steps: int | None = None) -> dict:
     _, tokenizer = build_student(cfg.student, cfg.seed)
     feats = build_train_features(splits["train"], tokenizer, cfg.data.max_length, cfg.data.doc_stride)
     collator = DataCollatorWithPadding(tokenizer)
-    spec = dataclasses.replace(cfg.student.train, max_steps=steps, evals_per_epoch=0)
+    spec = cfg.student.train.replace(max_steps=steps, evals_per_epoch=0)
     d = cfg.distill
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
