@@ -68,10 +68,12 @@ class Section(BaseModel):
     def replace(self, **changes: Any) -> Self:
         """A validated copy with some fields changed (the original is untouched).
 
-        pydantic's `model_copy(update=...)` does not validate; this does, and names the
-        dotted key of what it refuses.
+        A section may be given whole or as a dict of the fields to change in it:
+        `cfg.replace(distill={"temperature": 4.0})`. pydantic's `model_copy(update=...)`
+        does not validate; this does, and names the dotted key of what it refuses.
         """
-        return _validated(type(self), self.model_copy(update=changes))
+        plain = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in changes.items()}
+        return _validated(type(self), deep_merge(self.model_dump(), plain))
 
 
 class TrainSpec(Section):

@@ -117,13 +117,10 @@ def suggest(cfg: Config, trial: optuna.Trial) -> dict[str, float]:
 def trial_config(cfg: Config, params: dict[str, float]) -> Config:
     validate_distill_weights(params["temperature"], params["alpha_ce"], params["alpha_squad"],
                              "trial")
-    distill = cfg.distill.replace(temperature=params["temperature"],
-                                  alpha_ce=params["alpha_ce"], alpha_squad=params["alpha_squad"])
-    student = cfg.student
+    changes: dict = {"distill": {k: params[k] for k in ("temperature", "alpha_ce", "alpha_squad")}}
     if "learning_rate" in params:
-        student = student.replace(train=student.train.replace(
-            learning_rate=params["learning_rate"]))
-    return cfg.replace(distill=distill, student=student)
+        changes["student"] = {"train": {"learning_rate": params["learning_rate"]}}
+    return cfg.replace(**changes)
 
 
 def _faults() -> set[int]:

@@ -127,6 +127,13 @@ def test_replace_validates_and_leaves_original(params_path):
         cfg.replace(teacher=cfg.teacher.model_copy(update={"train": bad_train}))
     with pytest.raises(StudyError, match="invalid params: epochs must be greater than 0"):
         cfg.teacher.train.replace(epochs=0)
+    # A dict changes only the fields it names, and errors carry the whole dotted key.
+    nested = cfg.replace(student={"train": {"learning_rate": 5e-4}})
+    assert nested.student.train.learning_rate == 5e-4
+    assert nested.student.train.epochs == cfg.student.train.epochs
+    assert nested.student.layers == cfg.student.layers
+    with pytest.raises(StudyError, match=r"student\.train\.learning_rate must be greater than 0"):
+        cfg.replace(student={"train": {"learning_rate": -1.0}})
 
 
 def test_yaml_no_is_the_literal_no(params_path):
