@@ -11,7 +11,6 @@ configured pruner: trial-epochs trained, wall time, best `tune` F1 and its dev F
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ def run(cfg: Config, steps: int | None = None) -> dict:
     _, tokenizer = build_student(cfg.student, cfg.seed)
     feats = build_train_features(splits["train"], tokenizer, cfg.data.max_length, cfg.data.doc_stride)
     collator = DataCollatorWithPadding(tokenizer)
-    spec = dataclasses.replace(cfg.student.train, max_steps=steps, evals_per_epoch=0)
+    spec = cfg.student.train.replace(max_steps=steps, evals_per_epoch=0)
     d = cfg.distill
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +96,7 @@ def update_bench(cfg: Config, section: dict) -> None:
 def _search_once(cfg: Config, pruner: str, n_configs: int, out_root: Path) -> dict:
     from study import design, search
 
-    pcfg = cfg.replace(search=dataclasses.replace(cfg.search, pruner=pruner, keep_weights=False))
+    pcfg = cfg.replace(search={"pruner": pruner, "keep_weights": False})
     study = optuna.create_study(
         study_name=f"bench-pruning-{pruner}", storage=optuna.storages.InMemoryStorage(),
         sampler=optuna.samplers.TPESampler(seed=cfg.search.sampler_seed,

@@ -24,7 +24,7 @@ def with_overrides(cfg: Config, temperature=None, alpha_ce=None, alpha_squad=Non
     changes = {k: v for k, v in dict(temperature=temperature, alpha_ce=alpha_ce,
                                      alpha_squad=alpha_squad, teacher_logits=teacher_logits).items()
                if v is not None}
-    return cfg.replace(distill=dataclasses.replace(cfg.distill, **changes)) if changes else cfg
+    return cfg.replace(distill=changes) if changes else cfg
 
 
 def setup_of(cfg: Config) -> DistillSetup:

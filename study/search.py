@@ -135,16 +135,12 @@ def suggest(cfg: Config, trial: optuna.Trial) -> dict[str, float]:
 
 
 def trial_config(cfg: Config, params: dict[str, float]) -> Config:
-    import dataclasses
     validate_distill_weights(params["temperature"], params["alpha_ce"], params["alpha_squad"],
                              "trial")
-    distill = dataclasses.replace(cfg.distill, temperature=params["temperature"],
-                                  alpha_ce=params["alpha_ce"], alpha_squad=params["alpha_squad"])
-    student = cfg.student
+    changes: dict = {"distill": {k: params[k] for k in ("temperature", "alpha_ce", "alpha_squad")}}
     if "learning_rate" in params:
-        student = dataclasses.replace(student, train=dataclasses.replace(
-            student.train, learning_rate=params["learning_rate"]))
-    return cfg.replace(distill=distill, student=student)
+        changes["student"] = {"train": {"learning_rate": params["learning_rate"]}}
+    return cfg.replace(**changes)
 
 
 def _faults() -> set[int]:

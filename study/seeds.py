@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from scipy import stats
 
 from study import design
 from study import search as search_stage
@@ -26,11 +27,6 @@ from study.io import write_json
 from study.metric import per_question
 from study.training import load_splits
 
-# Two-sided 97.5% quantiles of Student's t for n-1 degrees of freedom (n = 2..30).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045]
-
 
 def mean_ci(values: list[float]) -> tuple[float, list[float]]:
     """Mean and the t-based 95% confidence interval of the mean."""
@@ -38,7 +34,7 @@ def mean_ci(values: list[float]) -> tuple[float, list[float]]:
     m = float(x.mean())
     if len(x) < 2:
         return m, [m, m]
-    t = _T975[min(len(x) - 2, len(_T975) - 1)]
+    t = float(stats.t.ppf(0.975, df=len(x) - 1))
     half = t * float(x.std(ddof=1)) / math.sqrt(len(x))
     return m, [m - half, m + half]
 

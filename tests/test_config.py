@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from pydantic import ValidationError
 
-from study.config import Config, DistillConfig, TrainSpec, load_config
+from study.config import (
+    Config,
+    DataConfig,
+    DistillConfig,
+    StudentConfig,
+    TrainSpec,
+    error_line,
+    load_config,
+    validate_distill_weights,
+)
 from study.errors import StudyError
 
 
@@ -24,7 +32,8 @@ def test_profiles_overlay_the_default(params_path):
     smoke = load_config(params_path, "smoke")
     paper = load_config(params_path, "paper")
     # Values from params.yaml, typed.
-    assert default.distill == DistillConfig(2.0, 0.5, 0.5, "cache", "float16")
+    assert default.distill == DistillConfig(temperature=2.0, alpha_ce=0.5, alpha_squad=0.5,
+                                            teacher_logits="cache", cache_dtype="float16")
     assert default.student.layers == (0, 1, 2)
     assert default.teacher.train.learning_rate == pytest.approx(1.5e-4)
     # smoke changes only what it names; the rest stays the default's.
@@ -97,23 +106,34 @@ def test_missing_params_file(tmp_path):
 
 def test_config_is_frozen(params_path):
     cfg = load_config(params_path, "smoke")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.seed = 1
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.distill.temperature = 9.0
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.student.train.learning_rate = 1.0
     assert isinstance(cfg.student.layers, tuple)  # no mutable list inside either
 
 
 def test_replace_validates_and_leaves_original(params_path):
     cfg = load_config(params_path, "smoke")
-    new = cfg.replace(distill=dataclasses.replace(cfg.distill, temperature=7.0))
+    new = cfg.replace(distill=cfg.distill.replace(temperature=7.0))
     assert new.distill.temperature == 7.0 and cfg.distill.temperature == 2.0
+    # model_copy(update=...) skips validation: replace() still refuses what it built.
     with pytest.raises(StudyError, match="distill.temperature"):
-        cfg.replace(distill=dataclasses.replace(cfg.distill, temperature=-1.0))
+        cfg.replace(distill=cfg.distill.model_copy(update={"temperature": -1.0}))
+    bad_train = cfg.teacher.train.model_copy(update={"epochs": 0})
     with pytest.raises(StudyError, match="teacher.train.epochs"):
-        cfg.replace(teacher=dataclasses.replace(cfg.teacher, train=TrainSpec(epochs=0)))
+        cfg.replace(teacher=cfg.teacher.model_copy(update={"train": bad_train}))
+    with pytest.raises(StudyError, match="invalid params: epochs must be greater than 0"):
+        cfg.teacher.train.replace(epochs=0)
+    # A dict changes only the fields it names, and errors carry the whole dotted key.
+    nested = cfg.replace(student={"train": {"learning_rate": 5e-4}})
+    assert nested.student.train.learning_rate == 5e-4
+    assert nested.student.train.epochs == cfg.student.train.epochs
+    assert nested.student.layers == cfg.student.layers
+    with pytest.raises(StudyError, match=r"student\.train\.learning_rate must be greater than 0"):
+        cfg.replace(student={"train": {"learning_rate": -1.0}})
 
 
 def test_yaml_no_is_the_literal_no(params_path):
@@ -122,3 +142,54 @@ def test_yaml_no_is_the_literal_no(params_path):
     assert cfg.runtime.mixed_precision == "no"
     with pytest.raises(StudyError, match="runtime.mixed_precision"):
         load_config(params_path, "smoke", ["runtime.mixed_precision=yes"])
+
+
+def test_objects_built_in_code_are_validated():
+    # Field constraints and cross-field rules run on direct construction too.
+    with pytest.raises(ValidationError, match="doc_stride"):
+        DataConfig(max_length=64)  # the default stride 128 no longer fits
+    with pytest.raises(ValidationError, match="path"):
+        DataConfig(source="local")
+    with pytest.raises(ValidationError, match="cannot both be 0"):
+        DistillConfig(alpha_ce=0.0, alpha_squad=0.0)
+    with pytest.raises(ValidationError, match="greater than 0"):
+        TrainSpec(learning_rate=0)
+    with pytest.raises(ValidationError, match="duplicates"):
+        StudentConfig(layers=(1, 1))
+    with pytest.raises(ValidationError, match="extra"):
+        DataConfig(sauce="local")
+    assert DataConfig(max_questions=10).max_questions == 10
+
+
+def test_pydantic_errors_become_one_line_with_the_dotted_key(params_path, tmp_path):
+    with pytest.raises(ValidationError) as info:
+        StudentConfig(layers=(0, -1))
+    line = error_line(info.value.errors()[0], "student")
+    assert line == "invalid params: student.layers[1] must be greater than or equal to 0 (got -1)"
+    with pytest.raises(StudyError) as info:
+        load_config(params_path, "smoke", ["teacher.train.epochs=true"])
+    assert str(info.value) == "invalid params: teacher.train.epochs must be a number (got True)"
+    with pytest.raises(StudyError) as info:
+        load_config(params_path, "smoke", ["search.temperature=[0, 3, true]"])
+    assert str(info.value) == "invalid params: search.temperature.low must be > 0 for a log range"
+    with pytest.raises(StudyError) as info:
+        validate_distill_weights(1.0, 0.0, 0.0, "trial")
+    assert str(info.value) == "invalid params: trial.alpha_ce and alpha_squad cannot both be 0"
+    (tmp_path / "params.yaml").write_text("data: {max_questions: 5}\n")
+    with pytest.raises(StudyError, match="missing params key 'seed'"):
+        load_config(tmp_path / "params.yaml")
+
+
+def test_hash_is_stable(params_path):
+    # Tagged on every run: these are the values main tagged before the move to pydantic.
+    assert load_config(params_path, "default").hash() == "ddc1ab9789fa813e"
+    assert load_config(params_path, "smoke").hash() == "334085fa9545fc8a"
+
+
+def test_yaml_typing_of_set_values(params_path):
+    cfg = load_config(params_path, "smoke", ["teacher.train.learning_rate=1e-4",
+                                             "search.temperature=[2, 3]"])
+    assert cfg.teacher.train.learning_rate == pytest.approx(1e-4)  # YAML reads 1e-4 as a str
+    assert (cfg.search.temperature.low, cfg.search.temperature.high) == (2.0, 3.0)
+    with pytest.raises(StudyError, match="search.keep_weights"):
+        load_config(params_path, "smoke", ["search.keep_weights=1"])

@@ -225,3 +225,57 @@ def test_cli_report_stage(tmp_path, capsys):
         f"study report: error: metrics.json not found at {folder / 'metrics.json'}: "
         "run `study best` first"
     )
+
+
+def test_report_bytes_are_the_same_in_a_fresh_interpreter(tmp_path):
+    # Two processes, two folders, the same inputs: every written file is byte-identical
+    # (no timestamps, no PNG "Software" stamp, no dict- or hash-order dependence).
+    import os
+    import subprocess
+    import sys
+
+    first = record_study(tmp_path / "a", seeds=True)
+    second = record_study(tmp_path / "b", seeds=True)
+    written = build_report(first)
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    code = "import sys; from study.report import build_report; build_report(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(second)], check=True, env=env, timeout=120)
+    for path in written:
+        rel = path.relative_to(first)
+        assert (second / rel).read_bytes() == path.read_bytes(), rel
+
+
+@pytest.mark.parametrize("latencies, says", [
+    ({"batch1": 12.3, "batch32": 4.1}, "latency per question falls with batching"),
+    ({"batch1": 48.2, "batch32": 61.3}, "latency per question rises with batching"),
+])
+def test_tradeoff_legend_says_what_batching_did(tmp_path, latencies, says):
+    from study.report import load_inputs
+    from study.report.figures import fig_tradeoff
+
+    folder = record_study(tmp_path / "reports")
+    metrics = json.loads(json.dumps(METRICS))
+    for role in ("teacher", "baseline", "distilled"):
+        metrics[role]["latency_ms"] = latencies
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    legend = [t.get_text() for t in fig_tradeoff(load_inputs(folder)).legends[0].get_texts()]
+    assert any(says in text for text in legend), legend
+    assert not any("falls" in text for text in legend) or says.endswith("falls with batching")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"ci95": {"exact_match": [25.55, 30.79], "f1": [36.27]}},
+     r"seeds\.json at .*: `baseline\.ci95\.f1` must be \[low, high\]"),
+    ({"mean": {"exact_match": 28.17}}, r"has no `baseline\.mean\.f1`: re-run `study seeds`"),
+    ({"mean": {"exact_match": 28.17, "f1": "high"}},
+     r"`baseline\.mean\.f1` must be a number \(got 'high'\)"),
+])
+def test_malformed_seeds_file_names_the_key(tmp_path, change, message):
+    from study.report import load_inputs
+
+    folder = record_study(tmp_path / "reports")
+    seeds = json.loads(json.dumps(SEEDS))
+    seeds["baseline"].update(change)
+    (folder / "seeds.json").write_text(json.dumps(seeds))
+    with pytest.raises(StudyError, match=message):
+        load_inputs(folder)

@@ -1,0 +1,85 @@
+"""`study report`: reports/report.md, reports/figures/*.png and reports/plots/history.csv.
+
+Reads only the files the other stages exported into the reports folder, never MLflow or
+Optuna, so it runs in seconds and anyone with the folder can regenerate it:
+
+    study report                    # default profile: reports/
+    study report --profile smoke    # the folder named by runtime.reports for that profile
+
+Inputs (in the reports folder; their schemas are in `inputs.py`):
+    metrics.json      required, from `study best`: teacher, baseline, distilled, search, environment
+    trials.csv        required, from `study best`: one row per Optuna trial
+    curves.csv        required, from `study best`: tune-set scores during training
+    seeds.json        optional, from `study seeds`: mean and 95% CI over seeds, paired bootstrap
+    importances.json  optional, from `study best`: Optuna's parameter importances
+
+`inputs` reads and validates them, `numbers` computes, `markdown` fills the Jinja2
+template `templates/report.md.j2`, `figures` draws one figure per function. Everything
+written is deterministic: the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from study.errors import StudyError
+from study.report.figures import FIGURES
+from study.report.inputs import Inputs, load_inputs
+from study.report.markdown import render_markdown
+from study.report.numbers import best_so_far
+from study.report.plotting import save_png
+
+__all__ = ["FIGURES", "Inputs", "build_report", "load_inputs", "render_markdown", "run"]
+
+
+def history_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"trial": trials["number"], "tune_f1": trials["tune_f1"],
+                         "best_so_far": best_so_far(trials), "state": trials["state"]})
+
+
+def _write(path: Path, data: bytes) -> None:
+    # Whole or not at all: a reader never sees half a file.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _png(inp: Inputs, name: str) -> bytes:
+    buffer = io.BytesIO()
+    save_png(FIGURES[name](inp), buffer)
+    return buffer.getvalue()
+
+
+def build_report(reports_dir: Path) -> list[Path]:
+    """Write report.md, figures/*.png and plots/history.csv into `reports_dir`."""
+    reports_dir = Path(reports_dir)
+    inp = load_inputs(reports_dir)
+    figures, plots = reports_dir / "figures", reports_dir / "plots"
+    try:
+        figures.mkdir(parents=True, exist_ok=True)
+        plots.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"cannot write to {reports_dir}: {exc.strerror}") from None
+    written = []
+    for name in sorted(FIGURES):
+        path = figures / f"{name}.png"
+        _write(path, _png(inp, name))
+        written.append(path)
+    history = plots / "history.csv"
+    _write(history, history_frame(inp.trials).to_csv(index=False, lineterminator="\n").encode())
+    written.append(history)
+    report = reports_dir / "report.md"
+    _write(report, render_markdown(inp).encode("utf-8"))
+    written.append(report)
+    return written
+
+
+def run(cfg) -> dict:
+    paths = build_report(cfg.reports)
+    for path in paths:
+        print(f"wrote {path}")
+    return {"written": [str(p) for p in paths]}
