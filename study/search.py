@@ -274,7 +274,7 @@ def summarise(study: optuna.Study) -> dict[str, Any]:
 def export_trials(study: optuna.Study, path: Path) -> None:
     cols = ["number", "state", "temperature", "alpha_ce", "alpha_squad", "learning_rate",
             "tune_f1", "tune_exact_match", "dev_f1", "dev_exact_match", "duration_s",
-            "mlflow_run_id", "fail_reason"]
+            "mlflow_run_id", "arm", "fail_reason"]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as fh:
@@ -290,7 +290,8 @@ def export_trials(study: optuna.Study, path: Path) -> None:
                 "tune_exact_match": ua.get("tune_exact_match", ""),
                 "dev_f1": ua.get("dev_f1", ""), "dev_exact_match": ua.get("dev_exact_match", ""),
                 "duration_s": round(t.duration.total_seconds(), 1) if t.duration else "",
-                "mlflow_run_id": ua.get(RUN_ATTR, ""), "fail_reason": ua.get("fail_reason", ""),
+                "mlflow_run_id": ua.get(RUN_ATTR, ""), "arm": ua.get(design.ARM_ATTR, "searched"),
+                "fail_reason": ua.get("fail_reason", ""),
             })
     tmp.replace(path)
 

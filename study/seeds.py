@@ -121,7 +121,6 @@ def run(cfg: Config) -> dict:
         "authors_params": settings["authors"],
         **{arm: _summary(d) for arm, d in docs.items()},
         "paired": paired,
-        "paired_bootstrap": paired["distilled_minus_baseline"],  # read by the report until it shows all three
         "mlflow_run_ids": {arm: [d["mlflow_run_id"] for d in ds] for arm, ds in docs.items()},
     }
     write_json(cfg.reports / "seeds.json", result)

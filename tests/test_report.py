@@ -279,3 +279,67 @@ def test_malformed_seeds_file_names_the_key(tmp_path, change, message):
     (folder / "seeds.json").write_text(json.dumps(seeds))
     with pytest.raises(StudyError, match=message):
         load_inputs(folder)
+
+
+def three_arm_seeds(authors_minus_baseline: list[float], distilled_minus_authors: list[float]):
+    """seeds.json as `study seeds` writes it, with the two CIs given."""
+    seeds = json.loads(json.dumps(SEEDS))
+    del seeds["paired_bootstrap"]
+    seeds["authors"] = json.loads(json.dumps(SEEDS["distilled"]))
+    seeds["authors_params"] = {"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5}
+    seeds["params"] = {"temperature": 3.1, "alpha_ce": 0.6, "alpha_squad": 0.4}
+    seeds["trial"] = 3
+
+    def diff(ci):
+        return {"f1_diff": sum(ci) / 2, "ci95": ci, "samples": 2000, "questions": 297}
+
+    seeds["paired"] = {"authors_minus_baseline": diff(authors_minus_baseline),
+                       "distilled_minus_authors": diff(distilled_minus_authors),
+                       "distilled_minus_baseline": diff([1.9, 6.4])}
+    return seeds
+
+
+def findings_of(folder: Path, seeds: dict) -> str:
+    from study.report import load_inputs, render_markdown
+
+    (folder / "seeds.json").write_text(json.dumps(seeds))
+    md = render_markdown(load_inputs(folder))
+    section = md.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    assert md.index("## Findings") < md.index("## What these numbers come from")  # first
+    return section
+
+
+def test_findings_say_what_each_question_found(tmp_path):
+    folder = record_study(tmp_path / "reports", importances=False)
+    text = findings_of(folder, three_arm_seeds([1.2, 5.0], [-0.9, 1.5]))
+    first, second = [p for p in text.strip().split("\n\n") if p]
+    assert first.startswith("**Does distillation beat no teacher?**")
+    assert "+3.1 dev F1 points (95% CI [+1.2, +5.0]" in first
+    assert first.endswith(": distillation helps.")
+    assert second.startswith("**Does the searched setting beat the authors'?**")
+    assert "T = 3.1" in second and "[-0.9, +1.5]" in second
+    assert second.endswith(": no detectable difference.")
+
+
+def test_findings_for_a_ci_below_zero_and_for_the_authors_as_winner(tmp_path):
+    folder = record_study(tmp_path / "reports", importances=False)
+    text = findings_of(folder, three_arm_seeds([-4.0, -0.5], [0.4, 2.0]))
+    assert "distillation hurts." in text and "the search found a better setting." in text
+    seeds = three_arm_seeds([-1.0, 2.0], [0.0, 0.0])
+    seeds["params"] = dict(seeds["authors_params"])
+    text = findings_of(folder, seeds)
+    assert "distillation beat no teacher?** With the authors' setting" in text
+    assert "no detectable difference." in text
+    assert "best trial is the authors' setting itself" in text
+
+
+def test_findings_from_a_two_arm_file_and_without_seeds(tmp_path):
+    folder = record_study(tmp_path / "reports", importances=False)
+    text = findings_of(folder, SEEDS)  # written before the authors' arm existed
+    assert "With the searched setting" in text and "distillation helps." in text
+    assert "Not answered: this seeds.json has no authors' arm" in text
+    from study.report import load_inputs, render_markdown
+
+    (folder / "seeds.json").unlink()
+    md = render_markdown(load_inputs(folder))
+    assert "Not answered yet: `study seeds` has not run" in md

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
-from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError, model_validator
 
 from study.errors import StudyError
 from study.io import read_json
@@ -123,10 +123,25 @@ class PairedBootstrap(BaseModel):
 
 
 class SeedsDoc(BaseModel):
+    """Arms `baseline` (no teacher), `authors` (T = 2, 0.5/0.5) and `distilled` (the searched
+    best), and the paired dev-F1 differences between them, named `<b>_minus_<a>`."""
+
     seeds: list[int]
     baseline: SeedRuns
     distilled: SeedRuns
-    paired_bootstrap: PairedBootstrap
+    authors: SeedRuns | None = None
+    authors_params: dict[str, float] | None = None
+    params: dict[str, float] | None = None
+    trial: int | None = None
+    paired: dict[str, PairedBootstrap]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _two_arm_file(cls, raw: Any) -> Any:
+        # seeds.json written before the authors' arm: its one difference is distilled - baseline.
+        if isinstance(raw, dict) and "paired" not in raw and "paired_bootstrap" in raw:
+            return {**raw, "paired": {"distilled_minus_baseline": raw["paired_bootstrap"]}}
+        return raw
 
 
 def _parse(model: type[BaseModel], raw: Any, path: Path, stage: str) -> Any:
@@ -145,10 +160,10 @@ def _parse(model: type[BaseModel], raw: Any, path: Path, stage: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- CSV files
-TRIAL_TEXT = ("state", "mlflow_run_id")
+TRIAL_TEXT = ("state", "mlflow_run_id", "arm")
 TRIAL_COLUMNS = ("number", "state", "temperature", "alpha_ce", "alpha_squad", "learning_rate",
                  "tune_f1", "tune_exact_match", "dev_f1", "dev_exact_match", "duration_s",
-                 "mlflow_run_id")
+                 "mlflow_run_id", "arm")
 TRIAL_REQUIRED = ("number", "state", "temperature", "alpha_ce", "alpha_squad", "tune_f1")
 CURVE_NUMBERS = ("step", "tune_exact_match", "tune_f1")
 CURVE_REQUIRED = ("role", "step", "tune_f1")

@@ -7,6 +7,7 @@ from typing import Any
 
 import jinja2
 
+from study.report.findings import findings, verdict
 from study.report.inputs import ROLES, Inputs
 from study.report.numbers import (
     LABELS,
@@ -94,16 +95,33 @@ def _row_label(inp: Inputs, role: str) -> str:
     return ROW_LABELS[role]
 
 
+SEED_ARMS = {"baseline": "Baseline (no teacher)", "authors": "Authors' setting (T = 2, 0.5 / 0.5)",
+             "distilled": "Searched best"}
+PAIRED_LABELS = {"authors_minus_baseline": "Authors' setting − baseline",
+                 "distilled_minus_authors": "Searched best − authors' setting",
+                 "distilled_minus_baseline": "Searched best − baseline"}
+
+
 def seeds_table(inp: Inputs) -> str:
     rows = []
-    for role in ("baseline", "distilled"):
-        r = getattr(inp.seeds, role)
+    for arm, label in SEED_ARMS.items():
+        r = getattr(inp.seeds, arm)
+        if r is None:
+            continue
         (elo, ehi), (flo, fhi) = r.ci95.exact_match, r.ci95.f1
-        rows.append([LABELS[role], f"{r.mean.exact_match:.1f} [{elo:.1f}, {ehi:.1f}]",
+        rows.append([label, f"{r.mean.exact_match:.1f} [{elo:.1f}, {ehi:.1f}]",
                      f"{r.mean.f1:.1f} [{flo:.1f}, {fhi:.1f}]",
                      ", ".join(f"{v:.1f}" for v in r.f1)])
-    return table(["Model", "dev EM mean [95% CI]", "dev F1 mean [95% CI]", "dev F1 per seed"],
+    return table(["Arm", "dev EM mean [95% CI]", "dev F1 mean [95% CI]", "dev F1 per seed"],
                  rows)
+
+
+def paired_table(inp: Inputs) -> str:
+    rows = [[PAIRED_LABELS.get(name, name), f"{d.f1_diff:+.1f}",
+             f"[{d.ci95[0]:+.1f}, {d.ci95[1]:+.1f}]", verdict(d, "yes (positive)", "yes (negative)")]
+            for name, d in inp.seeds.paired.items()]
+    return table(["Paired difference (dev F1)", "Mean", "95% CI", "Distinguishable from 0"],
+                 rows, "lrrl")
 
 
 def trials_table(inp: Inputs) -> str:
@@ -157,7 +175,7 @@ def context(inp: Inputs) -> dict[str, Any]:
     counts = (search.n_trials, search.n_complete, search.n_pruned, search.n_failed)
     states = inp.trials["state"].value_counts()
     params = m.distilled.params or search.best_params or {}
-    boot = inp.seeds.paired_bootstrap if inp.seeds else None
+    boot = inp.seeds.paired.get("distilled_minus_baseline") if inp.seeds else None
     imp = sorted((inp.importances or {}).items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "profile": m.profile, "data": str(m.data), "embedded": "embedded" in str(m.data).lower(),
@@ -168,12 +186,15 @@ def context(inp: Inputs) -> dict[str, Any]:
         "csv_counts": (len(inp.trials), *(int(states.get(s, 0))
                                           for s in ("COMPLETE", "PRUNED", "FAIL"))),
         "best_trial": m.best_trial,
+        "boot": boot,
         "boot_detail": boot and [text for value, text in (
             (boot.samples, f"{boot.samples} paired bootstrap samples"),
             (boot.questions, f"over the same {boot.questions} dev questions"))
             if value is not None],
         "results_table": results_table(inp, scores),
         "seeds_table": seeds_table(inp) if inp.seeds else None,
+        "paired_table": paired_table(inp) if inp.seeds else None,
+        "findings": findings(inp.seeds),
         "params_table": params and table(["Parameter", "Best value"],
                                          [[k, _g(params[k])] for k in sorted(params)]),
         "importances_table": None if inp.importances is None else table(

@@ -85,6 +85,11 @@ def plot_trials(ax, trials: pd.DataFrame, xcol: str, no_score_y: float, best_no:
         kwargs = {"c": face} if marker == "x" else {"facecolors": face, "edgecolors": edge}
         ax.scatter(sub[xcol], y, marker=marker, s=42, linewidths=1.3, zorder=3, **kwargs)
         seen.add(state)
+    authors = trials[(trials["arm"] == "authors") & trials[xcol].notna()]
+    if not authors.empty:
+        ax.scatter(authors[xcol], authors["tune_f1"].fillna(no_score_y), marker="o", s=150,
+                   facecolors="none", edgecolors="#d62728", linewidths=1.6, zorder=4)
+        seen.add(AUTHORS_KEY)
     best = trials[(trials["number"] == best_no) & trials["tune_f1"].notna() & trials[xcol].notna()]
     if not best.empty:
         ax.scatter(best[xcol], best["tune_f1"], marker="*", s=260, facecolors="gold",
@@ -94,7 +99,7 @@ def plot_trials(ax, trials: pd.DataFrame, xcol: str, no_score_y: float, best_no:
 
 def state_handles(states: set) -> list:
     out = []
-    for state in [*STATE_STYLE, *sorted(states - set(STATE_STYLE))]:
+    for state in [*STATE_STYLE, *sorted(states - set(STATE_STYLE) - {AUTHORS_KEY})]:
         if state not in states:
             continue
         marker, face, edge, label = STATE_STYLE.get(state, OTHER_STATE)
@@ -102,7 +107,18 @@ def state_handles(states: set) -> list:
         out.append(Line2D([], [], linestyle="", marker=marker, markersize=7, color=color,
                           markerfacecolor=face if face != "none" else "none",
                           markeredgecolor=color, label=label))
+    if AUTHORS_KEY in states:
+        out.append(authors_handle())
     return out
+
+
+AUTHORS_KEY = "authors"
+
+
+def authors_handle() -> Line2D:
+    return Line2D([], [], linestyle="", marker="o", markersize=11, markerfacecolor="none",
+                  markeredgecolor="#d62728", markeredgewidth=1.6,
+                  label="authors' setting (T = 2, α = 0.5 / 0.5)")
 
 
 def best_handle() -> Line2D:
