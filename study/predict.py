@@ -109,8 +109,7 @@ def load_questions(path: Path) -> list[dict]:
                      "of {id, question, context}")
 
 
-def predict_file(answerer: QuestionAnswerer, data: Path, out: Path) -> dict | None:
-    records = load_questions(data)
+def predict_file(answerer: QuestionAnswerer, records: list[dict], out: Path) -> dict | None:
     spans = answerer.answer_records(records, progress=True)
     predictions = {r["id"]: spans[r["id"]].text for r in records}
     write_json(out, predictions)
@@ -130,13 +129,14 @@ def run(cfg: Config, model: str, data: str | None = None, out: str | None = None
         question: str | None = None, context: str | None = None) -> dict | None:
     if (data is None) == (question is None or context is None) or (question is None) != (context is None):
         raise StudyError("give --data FILE, or both --question and --context")
+    from study.training import apply_runtime
+    apply_runtime(cfg)
     if data is not None:
         data_path = Path(data)
-        if not data_path.exists():
-            raise StudyError(f"data file not found: {data_path}")
         out_path = Path(out or "predictions.json")
         ensure_writable(out_path.parent)
-        return predict_file(load_answerer(cfg, model), data_path, out_path)
+        records = load_questions(data_path)  # bad input fails before a model is loaded
+        return predict_file(load_answerer(cfg, model), records, out_path)
     span = load_answerer(cfg, model)(question, context)
     score = None if math.isnan(span.score) else round(span.score, 4)
     print(json.dumps({"answer": span.text, "score": score, "start": span.start, "end": span.end},
