@@ -87,7 +87,8 @@ def _placed(record: dict) -> dict:
     """The record with only the answers that carry a position (-1: a text to score only)."""
     pairs = [(t, s) for t, s in zip(record["answers"]["text"], record["answers"]["answer_start"])
              if s >= 0]
-    return {**record, "answers": {"text": [t for t, _ in pairs], "answer_start": [s for _, s in pairs]}}
+    return {**record, "answers": {"text": [t for t, _ in pairs],
+                                  "answer_start": [s for _, s in pairs]}}
 
 
 def load_questions(path: Path) -> list[dict]:
@@ -127,7 +128,8 @@ def predict_file(answerer: QuestionAnswerer, records: list[dict], out: Path) -> 
 
 def run(cfg: Config, model: str, data: str | None = None, out: str | None = None,
         question: str | None = None, context: str | None = None) -> dict | None:
-    if (data is None) == (question is None or context is None) or (question is None) != (context is None):
+    one_question = question is not None and context is not None
+    if (data is None) != one_question or (question is None) != (context is None):
         raise StudyError("give --data FILE, or both --question and --context")
     from study.training import apply_runtime
     apply_runtime(cfg)

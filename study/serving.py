@@ -76,8 +76,9 @@ def _code_copy(tmp: Path) -> Path:
 def log_pyfunc(model_dir: Path, settings: QASettings, registered_name: str | None = None):
     """Log (and optionally register) the model in the active MLflow run; returns ModelInfo."""
     answerer = QuestionAnswerer.from_pretrained(str(model_dir), settings, device="cpu")
-    signature = mlflow.models.infer_signature(
-        EXAMPLE, answers_frame(answerer.predict(list(EXAMPLE["question"]), list(EXAMPLE["context"]))))
+    example_out = answers_frame(answerer.predict(list(EXAMPLE["question"]),
+                                                 list(EXAMPLE["context"])))
+    signature = mlflow.models.infer_signature(EXAMPLE, example_out)
     with tempfile.TemporaryDirectory() as tmp:
         return mlflow.pyfunc.log_model(
             name="model", python_model=QuestionAnsweringModel(),

@@ -13,7 +13,6 @@ from transformers import (
 )
 
 from study.errors import StudyError
-from study.qa import QuestionAnswerer
 from study.modeling import (
     load_qa_model,
     load_tokenizer,
@@ -21,6 +20,7 @@ from study.modeling import (
     save_model,
     student_from_layers,
 )
+from study.qa import QuestionAnswerer
 
 LAYERS = (0, 2)
 

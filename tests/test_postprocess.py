@@ -154,8 +154,9 @@ def reference_loop(examples, features, start_logits, end_logits, n_best, max_ans
 def test_vectorised_search_matches_the_loop_answer_for_answer(seed):
     rng = np.random.default_rng(seed)
     context = " ".join(f"w{i}" for i in range(200))
-    word_offsets = [(m, m + len(w)) for m, w in
-                    zip(np.cumsum([0] + [len(w) + 1 for w in context.split()[:-1]]), context.split())]
+    words = context.split()
+    word_offsets = [(m, m + len(w))
+                    for m, w in zip(np.cumsum([0] + [len(w) + 1 for w in words[:-1]]), words)]
     examples, rows = [], []
     for q in range(30):
         examples.append({"id": f"q{q}", "context": context})

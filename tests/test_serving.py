@@ -88,7 +88,7 @@ def test_champion_is_the_new_version_and_answers_a_dataframe(store, questions, e
     same_answers(out.to_dict("records"), expected)
     local = Path(mlflow.artifacts.download_artifacts(URI))
     reqs = (local / "requirements.txt").read_text().split()
-    assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("transformers==") for r in reqs)
+    assert {r.split("==")[0] for r in reqs} >= {"torch", "transformers", "tokenizers", "mlflow"}
     assert (local / "input_example.json").exists()
 
 
@@ -118,9 +118,10 @@ def test_pyfunc_loads_where_study_is_not_installed(store, questions, expected, t
         print(out.to_json(orient="records"))
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", script], input=questions.to_json(orient="records"),
-                          cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                          text=True, timeout=180)
+    proc = subprocess.run([sys.executable, "-c", script], check=False,
+                          input=questions.to_json(orient="records"), cwd=tmp_path,
+                          env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     same_answers(json.loads(proc.stdout.strip().splitlines()[-1]), expected)
 
@@ -180,7 +181,8 @@ def test_study_predict_resolves_a_models_uri(store, questions, expected, tmp_pat
     q, c = questions.iloc[0]["question"], questions.iloc[0]["context"]
     cmd, env = study_command("predict", "--model", URI, "--question", q, "--context", c,
                              "--set", f"tracking.uri={store['uri']}")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (got["answer"], got["start"], got["end"]) == \
