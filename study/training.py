@@ -80,13 +80,16 @@ def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: 
         # The distillation trainer needs feature_index and token_type_ids for the teacher.
         remove_unused_columns=not distilling, disable_tqdm=False,
     )
-    params = inspect.signature(TrainingArguments.__init__).parameters
     if spec.group_by_length:
-        if "group_by_length" in params:
-            kwargs["group_by_length"] = True
-        else:  # transformers >= 5
-            kwargs["train_sampling_strategy"] = "group_by_length"
+        kwargs.update(group_by_length_args())
     return TrainingArguments(**kwargs)
+
+
+def group_by_length_args() -> dict[str, Any]:
+    """Length-grouped training batches; transformers >= 5.2 spells it train_sampling_strategy."""
+    if "group_by_length" in inspect.signature(TrainingArguments.__init__).parameters:
+        return {"group_by_length": True}
+    return {"train_sampling_strategy": "group_by_length"}
 
 
 def _post_process(cfg: Config):
