@@ -3,7 +3,7 @@ write the result files the report is built from (reports/metrics.json, curves.cs
 importances.json).
 
 Latency is measured here, on this machine, for teacher, baseline and best student:
-per question, batch 1 and batch 32, on dev windows.
+per dev question answered by the predictor (study.qa), batch 1 and batch 32.
 """
 
 from __future__ import annotations
@@ -14,61 +14,43 @@ import time
 from pathlib import Path
 
 import optuna
-import torch
 
 from study import baseline as baseline_stage
 from study import search as search_stage
 from study import teacher as teacher_stage
 from study.config import Config
-from study.data import build_eval_features
 from study.distill import distill_student, setup_of
 from study.errors import StudyError
 from study.io import read_json, staged_dir, write_json
-from study.modeling import load_qa_model, load_tokenizer, model_inputs, parameter_count
+from study.modeling import parameter_count
+from study.qa import QASettings, QuestionAnswerer
+from study.serving import register_champion
 from study.tracking import RunHandle, Tracker, device_name, git_state, package_versions
-from study.training import apply_runtime, load_splits
+from study.training import apply_runtime, device, load_splits
 
 
 def output_dir(cfg: Config) -> Path:
     return cfg.artifacts / "best"
 
 
-@torch.inference_mode()
-def latency_ms(model, tokenizer, records: list[dict], cfg: Config, questions: int = 48) -> dict:
-    """Milliseconds per question for batch sizes 1 and 32 (CPU unless runtime says cuda)."""
-    from transformers import DataCollatorWithPadding
+def latency_ms(answerer: QuestionAnswerer, records: list[dict], questions: int = 48) -> dict:
+    """Milliseconds per question answered by the predictor (windows, forward, n-best search),
+    batch sizes 1 and 32 (CPU unless runtime says cuda)."""
     recs = records[:questions]
-    feats = build_eval_features(recs, tokenizer, cfg.data.max_length, cfg.data.doc_stride)
-    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in feats.column_names]
-    rows = feats.select_columns(cols)
-    collate = DataCollatorWithPadding(tokenizer)
-    model = model.eval()
     out = {}
     for bs in (1, 32):
-        batches = [collate([rows[j] for j in range(i, min(i + bs, len(rows)))])
-                   for i in range(0, len(rows), bs)]
-        model(**model_inputs(model, batches[0]))  # warm-up
+        answerer.answer_records(recs[:bs], batch_size=bs)  # warm-up
         t0 = time.perf_counter()
-        for b in batches:
-            model(**model_inputs(model, b))
+        for i in range(0, len(recs), bs):
+            answerer.answer_records(recs[i:i + bs], batch_size=bs)
         out[f"batch{bs}"] = round(1000 * (time.perf_counter() - t0) / len(recs), 3)
     return out
 
 
-def log_registered_model(tracker: Tracker, handle: RunHandle, model_dir: Path, name: str) -> str | None:
-    """Log the student as an MLflow transformers model and register it under `name`."""
-    import mlflow
-    from transformers import pipeline
-
-    qa = pipeline("question-answering", model=str(model_dir), tokenizer=str(model_dir), device=-1)
-    with mlflow.start_run(run_id=handle.run_id):
-        # Explicit requirements: mlflow's defaults assume torchvision is installed.
-        reqs = [f"{pkg}=={v}" for pkg, v in package_versions().items()
-                if pkg in ("torch", "transformers") and v != "absent"]
-        info = mlflow.transformers.log_model(transformers_model=qa, name="model",
-                                             task="question-answering", pip_requirements=reqs)
-    version = mlflow.register_model(info.model_uri, name)
-    return str(version.version)
+def log_registered_model(handle: RunHandle, model_dir: Path, cfg: Config) -> str:
+    """Log the student as an MLflow pyfunc model, register it, alias it `champion`."""
+    name = cfg.tracking.registered_model.format(profile=cfg.profile)
+    return register_champion(handle.run_id, model_dir, QASettings.from_config(cfg), name)
 
 
 def _curve_rows(role: str, doc: dict) -> list[dict]:
@@ -125,8 +107,7 @@ def run(cfg: Config) -> dict:
                 best_doc = distill_student(tcfg, setup_of(tcfg), out, cfg.seed,
                                            f"best-trial-{best.number}", role="best", handle=handle)
             best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
-            version = log_registered_model(tracker, handle, out / "model",
-                                           cfg.tracking.registered_model.format(profile=cfg.profile))
+            version = log_registered_model(handle, out / "model", cfg)
             handle.set_tags({"registered_model_version": version})
             handle.log_metrics({"dev_f1": best_doc["dev"]["f1"],
                                 "dev_exact_match": best_doc["dev"]["exact_match"],
@@ -142,8 +123,10 @@ def run(cfg: Config) -> dict:
     for role, folder in (("teacher", teacher_stage.output_dir(cfg) / "model"),
                          ("baseline", baseline_stage.output_dir(cfg) / "model"),
                          ("distilled", output_dir(cfg) / "model")):
-        m, tok = load_qa_model(str(folder)), load_tokenizer(str(folder))
-        models[role] = (latency_ms(m, tok, dev, cfg), parameter_count(m), m.config.model_type,
+        qa = QuestionAnswerer.from_pretrained(str(folder), QASettings.from_config(cfg),
+                                              device=device(cfg))
+        m = qa.model
+        models[role] = (latency_ms(qa, dev), parameter_count(m), m.config.model_type,
                         getattr(m.config, "num_hidden_layers", getattr(m.config, "n_layers", "?")))
     names = {role: f"{cfg.teacher.init if role == 'teacher' else cfg.student.init} "
                    f"({mt}, {nl} layers)" for role, (_, _, mt, nl) in models.items()}

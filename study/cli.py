@@ -4,6 +4,7 @@
     study run --profile smoke      # the same in seconds, on a few questions
     study distill --temperature 4 --alpha-ce 0.7 --alpha-squad 0.3
     study search --n-trials 20     # add trials to the Optuna study
+    study predict --model artifacts/default/best/model --data questions.jsonl
     study ui                       # MLflow UI on the project's store, 127.0.0.1 only
 """
 
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., journal:PATH)")
     s.add_argument("--study-name", help="Optuna study name")
     add("best", "export the best trial's student and register it in MLflow")
+    p = add("predict", "answer questions with an exported or registered student (EM/F1 if answered)")
+    p.add_argument("--model", required=True,
+                   help="model folder (safetensors + tokenizer) or MLflow URI, e.g. "
+                        "models:/kd-qa-student-default@champion")
+    p.add_argument("--data", help="SQuAD v1.1 JSON or JSON Lines of {id, question, context[, answers]}")
+    p.add_argument("--out", help="predictions file, id -> answer (default: predictions.json)")
+    p.add_argument("--question", help="one question (with --context): print its answer")
+    p.add_argument("--context", help="the passage for --question")
     add("seeds", "re-train baseline and best distilled config with several seeds; CIs")
     add("report", "regenerate reports/ (tables, figures) from the exported results")
     b = add("bench", "time plain fine-tuning vs live-teacher vs cached-teacher distillation")
@@ -93,6 +102,9 @@ def dispatch(args: argparse.Namespace) -> None:
             bench.pruning(cfg, n_configs=args.n_configs)
         else:
             bench.run(cfg, steps=args.steps)
+    elif cmd == "predict":
+        _stage("predict").run(cfg, args.model, data=args.data, out=args.out,
+                              question=args.question, context=args.context)
     elif cmd == "ui":
         _stage("ui").run(cfg, port=args.port)
     elif cmd == "run":

@@ -28,8 +28,11 @@ def _ids(bad: list[str]) -> str:
     return shown + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
 
 
-def records_from_squad(doc: Any, source: str) -> list[dict]:
-    """Flatten a SQuAD v1.1 document, refusing what the rest of the study cannot use."""
+def records_from_squad(doc: Any, source: str, require_answers: bool = True) -> list[dict]:
+    """Flatten a SQuAD v1.1 document, refusing what the rest of the study cannot use.
+
+    With require_answers=False (questions to answer, not to train on) a question may
+    have no `answers`; it gets empty ones."""
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise StudyError(f"{source}: not SQuAD format (expected a top-level 'data' list)")
     records: list[dict] = []
@@ -47,8 +50,10 @@ def records_from_squad(doc: Any, source: str) -> list[dict]:
                 qid = qa.get("id") if isinstance(qa, dict) else None
                 qid = str(qid) if qid is not None else f"{title}/{p_i}/{q_i}"
                 answers = qa.get("answers") if isinstance(qa, dict) else None
+                if answers is None and not require_answers:
+                    answers = []
                 if (not isinstance(qa, dict) or "id" not in qa or not isinstance(qa.get("question"), str)
-                        or not isinstance(answers, list) or not answers
+                        or not isinstance(answers, list) or (require_answers and not answers)
                         or not all(isinstance(a, dict) and isinstance(a.get("text"), str)
                                    and isinstance(a.get("answer_start"), int) for a in answers)):
                     missing.append(qid)

@@ -58,7 +58,8 @@ def load_tokenizer(ref: str, architecture: str | None = None):
     try:
         if architecture == "distilbert":
             # DistilBERT takes no token_type_ids: its tokenizer must not emit them, or
-            # pipeline("question-answering") would feed them to the model.
+            # every caller of the exported folder (AutoTokenizer, the pyfunc model) would
+            # feed them to the model.
             return DistilBertTokenizerFast.from_pretrained(path)
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001

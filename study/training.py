@@ -16,10 +16,12 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 
 from study.cache import build_or_load
 from study.config import Config, TrainSpec
-from study.data import SPLITS, build_eval_features, build_train_features, read_split
+from study.data import SPLITS, build_eval_features, build_train_features, read_split, references
 from study.io import read_json, write_json
+from study.metric import squad_metrics
 from study.modeling import parameter_count, save_model
 from study.postprocess import postprocess_predictions
+from study.qa import QASettings, QuestionAnswerer
 from study.tracking import MlflowLogCallback, RunHandle
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
 
@@ -78,13 +80,16 @@ def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: 
         # The distillation trainer needs feature_index and token_type_ids for the teacher.
         remove_unused_columns=not distilling, disable_tqdm=False,
     )
-    params = inspect.signature(TrainingArguments.__init__).parameters
     if spec.group_by_length:
-        if "group_by_length" in params:
-            kwargs["group_by_length"] = True
-        else:  # transformers >= 5
-            kwargs["train_sampling_strategy"] = "group_by_length"
+        kwargs.update(group_by_length_args())
     return TrainingArguments(**kwargs)
+
+
+def group_by_length_args() -> dict[str, Any]:
+    """Length-grouped training batches; transformers >= 5.2 spells it train_sampling_strategy."""
+    if "group_by_length" in inspect.signature(TrainingArguments.__init__).parameters:
+        return {"group_by_length": True}
+    return {"train_sampling_strategy": "group_by_length"}
 
 
 def _post_process(cfg: Config):
@@ -107,7 +112,6 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: di
     d = cfg.data
     train_feats = build_train_features(splits["train"], tokenizer, d.max_length, d.doc_stride)
     tune_feats = build_eval_features(splits["tune"], tokenizer, d.max_length, d.doc_stride)
-    dev_feats = build_eval_features(splits["dev"], tokenizer, d.max_length, d.doc_stride)
     collator = DataCollatorWithPadding(tokenizer)
     args = training_arguments(cfg, spec, out_dir, len(train_feats), seed, has_eval=True,
                               distilling=distill is not None)
@@ -140,10 +144,12 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: di
         t0 = time.time()
         trainer.train()
         train_seconds = time.time() - t0
+    # Final scores come from the predictor users get (study predict, the served model).
+    answerer = QuestionAnswerer(trainer.model, tokenizer, QASettings.from_config(cfg))
     scores: dict[str, dict[str, float]] = {}
-    for name, feats in (("tune", tune_feats), ("dev", dev_feats)):
-        texts, metrics = trainer.predict(feats, splits[name], metric_key_prefix=name)
-        scores[name] = {"exact_match": metrics[f"{name}_exact_match"], "f1": metrics[f"{name}_f1"]}
+    for name in ("tune", "dev"):
+        texts = {qid: span.text for qid, span in answerer.answer_records(splits[name]).items()}
+        scores[name] = squad_metrics(texts, references(splits[name]))
         write_json(out_dir / f"predictions_{name}.json", texts)
     curve = [{"step": e["step"], "tune_exact_match": e["eval_exact_match"], "tune_f1": e["eval_f1"]}
              for e in trainer.state.log_history if "eval_f1" in e]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_bert_qa, tiny_bert_config
-from transformers import BertModel, DistilBertForQuestionAnswering, pipeline
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    BertModel,
+    DistilBertForQuestionAnswering,
+)
 
 from study.errors import StudyError
 from study.modeling import (
@@ -15,6 +20,7 @@ from study.modeling import (
     save_model,
     student_from_layers,
 )
+from study.qa import QuestionAnswerer
 
 LAYERS = (0, 2)
 
@@ -108,11 +114,11 @@ def test_require_head_refuses_checkpoint_without_qa_head(tmp_path, tokenizer):
     assert load_qa_model(str(tmp_path / "encoder")).qa_outputs.out_features == 2
 
 
-def test_saved_student_round_trips_and_runs_in_a_qa_pipeline(tmp_path, bert4, distil_tokenizer):
+def test_saved_student_round_trips_through_from_pretrained(tmp_path, bert4, distil_tokenizer):
     student = student_from_layers(bert4, LAYERS, "distilbert").eval()
     out = tmp_path / "student"
     save_model(student, distil_tokenizer, out)
-    assert (out / "model.safetensors").exists()
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
 
     loaded = load_qa_model(str(out), require_head=True)
     assert isinstance(loaded, DistilBertForQuestionAnswering)
@@ -121,11 +127,18 @@ def test_saved_student_round_trips_and_runs_in_a_qa_pipeline(tmp_path, bert4, di
     tok = load_tokenizer(str(out))
     assert tok.get_vocab() == distil_tokenizer.get_vocab()
     assert "token_type_ids" not in model_inputs(loaded, {"input_ids": 1, "token_type_ids": 2})
-
     # The student's tokenizer must not emit inputs DistilBERT has no use for.
     assert set(tok("What?", "Paris.")) == {"input_ids", "attention_mask"}
-    context = "Paris is the capital and largest city of France."
-    qa = pipeline("question-answering", model=str(out), device=-1)
-    answer = qa(question="What is the capital of France?", context=context)
-    assert isinstance(answer["answer"], str) and answer["answer"]
-    assert context[answer["start"]:answer["end"]] == answer["answer"]
+
+    # What a user with their own serving does: the Auto classes, nothing from this project.
+    plain = AutoModelForQuestionAnswering.from_pretrained(out).eval()
+    plain_tok = AutoTokenizer.from_pretrained(out)
+    question, context = "What is the capital of France?", "Paris is the capital of France."
+    enc = plain_tok(question, context, return_tensors="pt")
+    with torch.no_grad():
+        theirs = plain(**enc)
+        ours = student(**model_inputs(student, enc))
+    assert torch.equal(theirs.start_logits, ours.start_logits)
+    assert torch.equal(theirs.end_logits, ours.end_logits)
+    span = QuestionAnswerer.from_pretrained(str(out), device="cpu")(question, context)
+    assert span.text and context[span.start:span.end] == span.text

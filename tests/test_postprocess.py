@@ -1,4 +1,4 @@
-"""postprocess_predictions on hand-built windows and logits."""
+"""postprocess_predictions / best_spans on hand-built windows and logits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from study.postprocess import postprocess_predictions
+from study.postprocess import best_spans, postprocess_predictions
 
 CONTEXT = "Paris is the capital of France"
 # CLS, two question tokens, SEP, the six context words, SEP.
@@ -107,3 +107,78 @@ def test_rows_padded_with_minus_100_beyond_the_window():
 def test_row_count_must_match_features():
     with pytest.raises(ValueError):
         postprocess_predictions(EX, features(("q1", OFFSETS)), np.zeros((2, N)), np.zeros((2, N)))
+
+
+def test_span_carries_score_and_character_offsets():
+    s = logits(**{f"p{WORD['capital']}": 5.0})
+    e = logits(**{f"p{WORD['France']}": 4.0})
+    span = best_spans(EX, features(("q1", OFFSETS)), np.stack([s]), np.stack([e]))["q1"]
+    assert span.text == "capital of France" == CONTEXT[span.start:span.end]
+    assert (span.start, span.end) == (13, 30) and span.score == pytest.approx(9.0)
+    empty = best_spans([{"id": "q", "context": "x"}], features(("q", [None] * N)),
+                       np.stack([s]), np.stack([e]))["q"]
+    assert empty.text == "" and np.isnan(empty.score)
+
+
+def reference_loop(examples, features, start_logits, end_logits, n_best, max_answer_length):
+    """The pre-vectorisation implementation, kept verbatim as the oracle."""
+    by_example = {}
+    for i, eid in enumerate(features["example_id"]):
+        by_example.setdefault(eid, []).append(i)
+    offsets_all = features["offset_mapping"]
+    predictions = {}
+    for example in examples:
+        context = example["context"]
+        best_score, best_text = -np.inf, ""
+        for fi in by_example.get(example["id"], []):
+            s_logits, e_logits = start_logits[fi], end_logits[fi]
+            offsets = offsets_all[fi]
+            n = len(offsets)
+            s_top = np.argsort(s_logits[:n])[-1:-n_best - 1:-1]
+            e_top = np.argsort(e_logits[:n])[-1:-n_best - 1:-1]
+            for s in s_top:
+                if offsets[s] is None:
+                    continue
+                for e in e_top:
+                    if offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                        continue
+                    score = s_logits[s] + e_logits[e]
+                    if score > best_score:
+                        best_score = score
+                        best_text = context[offsets[s][0]:offsets[e][1]]
+        predictions[example["id"]] = best_text
+    return predictions
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_search_matches_the_loop_answer_for_answer(seed):
+    rng = np.random.default_rng(seed)
+    context = " ".join(f"w{i}" for i in range(200))
+    words = context.split()
+    word_offsets = [(m, m + len(w))
+                    for m, w in zip(np.cumsum([0] + [len(w) + 1 for w in words[:-1]]), words)]
+    examples, rows = [], []
+    for q in range(30):
+        examples.append({"id": f"q{q}", "context": context})
+        for _ in range(rng.integers(0, 4)):          # 0 to 3 windows, interleaved below
+            width = int(rng.integers(8, 40))
+            first = int(rng.integers(0, len(word_offsets) - width))
+            n_question = int(rng.integers(1, 5))
+            offsets = [None] * (n_question + 2) + word_offsets[first:first + width] + [None]
+            rows.append((f"q{q}", [list(map(int, o)) if o else None for o in offsets]))
+    rng.shuffle(rows)
+    width = max(len(o) for _, o in rows) + 3
+    # Integer-valued logits make ties common; -100 fills past each window, as the Trainer pads.
+    starts = rng.integers(-6, 7, (len(rows), width)).astype(np.float32)
+    ends = rng.integers(-6, 7, (len(rows), width)).astype(np.float32)
+    for i, (_, o) in enumerate(rows):
+        starts[i, len(o):] = ends[i, len(o):] = -100.0
+    if seed == 0:  # a diverged model: NaN logits never win
+        starts[0, :] = np.nan
+    feats = features(*rows)
+    for n_best, max_len in ((20, 30), (3, 2), (1, 1), (50, 5)):
+        want = reference_loop(examples, feats, starts, ends, n_best, max_len)
+        got = best_spans(examples, feats, starts, ends, n_best, max_len)
+        assert {k: v.text for k, v in got.items()} == want
+        assert postprocess_predictions(examples, feats, starts, ends, n_best, max_len) == want
+        assert all(v.text == context[v.start:v.end] for v in got.values())

@@ -234,17 +234,15 @@ def test_ctrl_c_marks_the_running_trial_and_keeps_the_rest(ws):
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
-def test_best_exports_a_registered_pipeline_loadable_student_and_report_builds(ws):
+def test_best_exports_a_registered_champion_student_and_report_builds(ws):
     search(ws, "s5", 2)  # its own study: no dependence on which tests ran before
     overrides = ["--set", "search.study_name=s5", "--set", "search.storage=sqlite:///s5.db"]
     study_cli(ws, "best", *overrides)
     model_dir = ws / "artifacts" / "smoke" / "best" / "model"
     assert (model_dir / "model.safetensors").exists()
     assert not list(model_dir.glob("*.bin"))
-    from transformers import pipeline
-    qa = pipeline("question-answering", model=str(model_dir), device=-1)
-    answer = qa(question="Who won?", context="The Denver Broncos won Super Bowl 50.")
-    assert isinstance(answer["answer"], str)
+    from transformers import AutoModelForQuestionAnswering
+    assert AutoModelForQuestionAnswering.from_pretrained(model_dir).config.model_type == "distilbert"
 
     reports = ws / "artifacts" / "smoke" / "reports"
     metrics = json.loads((reports / "metrics.json").read_text())
@@ -257,6 +255,9 @@ def test_best_exports_a_registered_pipeline_loadable_student_and_report_builds(w
     c = client(ws)
     versions = c.search_model_versions("name = 'kd-qa-student-smoke'")
     assert versions, "the best student is registered in the model registry"
+    newest = max(int(v.version) for v in versions)
+    champion = c.get_model_version_by_alias("kd-qa-student-smoke", "champion")
+    assert int(champion.version) == newest == int(metrics["registered_model"]["version"])
 
     res = study_cli(ws, "report")
     assert (reports / "report.md").exists()

@@ -223,6 +223,7 @@ def test_evaluation_keeps_feature_order_when_training_groups_by_length(tmp_path,
 
     from study.data import EMBEDDED_DATA, build_eval_features, load_squad_file
     from study.trainer import QuestionAnsweringTrainer
+    from study.training import group_by_length_args
 
     records = load_squad_file(EMBEDDED_DATA)[:24]
     feats = build_eval_features(records, tokenizer, 128, 64)
@@ -230,7 +231,7 @@ def test_evaluation_keeps_feature_order_when_training_groups_by_length(tmp_path,
     for grouped in (False, True):
         args = TrainingArguments(output_dir=str(tmp_path / str(grouped)), report_to="none",
                                  use_cpu=True, per_device_eval_batch_size=4,
-                                 group_by_length=grouped)
+                                 **(group_by_length_args() if grouped else {}))
         trainer = QuestionAnsweringTrainer(model=tiny_bert_qa, args=args,
                                            data_collator=DataCollatorWithPadding(tokenizer))
         assert isinstance(trainer._get_eval_sampler(feats), torch.utils.data.SequentialSampler)

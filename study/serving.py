@@ -1,0 +1,97 @@
+"""The exported student as an MLflow pyfunc model: the predictor, its weights, its settings.
+
+    mlflow.pyfunc.load_model("models:/kd-qa-student-default@champion").predict(
+        pd.DataFrame({"question": [...], "context": [...]}))   # -> answer, score, start, end
+    mlflow models serve -m models:/kd-qa-student-default@champion --env-manager local
+
+The model folder (safetensors + tokenizer) is an artifact, the windowing/answer settings
+are the model config, and the `study` package travels as code_paths, so the model loads
+where the project is not installed (with the pinned requirements).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from study.qa import QASettings, QuestionAnswerer
+
+CHAMPION = "champion"
+# What the predictor imports; the weights and tokenizer are artifacts, not code.
+REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
+                "pyyaml", "tqdm")
+EXAMPLE = pd.DataFrame({
+    "question": ["Which city is the capital of France?"],
+    "context": ["Paris is the capital and largest city of France, on the Seine."],
+})
+
+
+class QuestionAnsweringModel(mlflow.pyfunc.PythonModel):
+    """DataFrame of `question`, `context` in; `answer`, `score`, `start`, `end` out."""
+
+    def load_context(self, context):
+        self.answerer = QuestionAnswerer.from_pretrained(
+            context.artifacts["model"], QASettings(**(context.model_config or {})))
+
+    def predict(self, context, model_input, params=None):
+        frame = pd.DataFrame(model_input)
+        spans = self.answerer.predict([str(q) for q in frame["question"]],
+                                      [str(c) for c in frame["context"]])
+        return answers_frame(spans)
+
+
+def answers_frame(spans) -> pd.DataFrame:
+    return pd.DataFrame({"answer": [s.text for s in spans],
+                         "score": [float(s.score) for s in spans],
+                         "start": [int(s.start) for s in spans],
+                         "end": [int(s.end) for s in spans]})
+
+
+def pinned_requirements() -> list[str]:
+    # Explicit pins: mlflow's inference from the wrapper would miss torch's CPU/GPU choice
+    # and assume torchvision. A local build (torch 2.13.0+cpu) pins its public version.
+    pins = []
+    for pkg in REQUIREMENTS:
+        try:
+            pins.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def _code_copy(tmp: Path) -> Path:
+    """The study package without its data and caches (the predictor needs neither)."""
+    src = Path(__file__).resolve().parent
+    dst = tmp / "study"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "data", "*.pyc"))
+    return dst
+
+
+def log_pyfunc(model_dir: Path, settings: QASettings, registered_name: str | None = None):
+    """Log (and optionally register) the model in the active MLflow run; returns ModelInfo."""
+    answerer = QuestionAnswerer.from_pretrained(str(model_dir), settings, device="cpu")
+    example_out = answers_frame(answerer.predict(list(EXAMPLE["question"]),
+                                                 list(EXAMPLE["context"])))
+    signature = mlflow.models.infer_signature(EXAMPLE, example_out)
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=QuestionAnsweringModel(),
+            artifacts={"model": str(model_dir)}, model_config=dataclasses.asdict(settings),
+            code_paths=[str(_code_copy(Path(tmp)))], signature=signature,
+            input_example=EXAMPLE, pip_requirements=pinned_requirements(),
+            registered_model_name=registered_name)
+
+
+def register_champion(run_id: str, model_dir: Path, settings: QASettings, name: str) -> str:
+    """Log the pyfunc model into run `run_id`, register it as `name`, point `champion` at it."""
+    with mlflow.start_run(run_id=run_id):
+        info = log_pyfunc(model_dir, settings, registered_name=name)
+    version_ = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version_)
+    return version_
