@@ -85,14 +85,18 @@ def validate_records(records: list[dict], source: str) -> None:
         raise StudyError(f"{source}: duplicate question ids {_ids(dupes)}")
 
 
-def load_squad_file(path: Path | str) -> list[dict]:
-    path = Path(path)
+def read_data_file(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise StudyError(f"data file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise StudyError(f"cannot read data file {path}: {exc}") from None
+
+
+def load_squad_file(path: Path | str) -> list[dict]:
+    path = Path(path)
+    text = read_data_file(path)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from study.config import Config
-from study.data import records_from_squad, validate_records
+from study.data import read_data_file, records_from_squad, validate_records
 from study.errors import StudyError
 from study.io import ensure_writable, write_json
 from study.metric import squad_metrics
@@ -92,12 +92,7 @@ def _placed(record: dict) -> dict:
 
 
 def load_questions(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StudyError(f"data file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StudyError(f"cannot read data file {path}: {exc}") from None
+    text = read_data_file(path)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError:
