@@ -323,16 +323,16 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
         storage: str | None = None, study_name: str | None = None) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(cfg)
-    storage_obj = make_storage(cfg, storage, DeadWorkerTrial(tracker))
-    # Where the study lives, for tags and the summary: never the database password.
-    storage_url = redact(resolve_url(storage or cfg.storage_url))
+    url = resolve_url(storage or cfg.storage_url)
+    storage_obj = make_storage(cfg, url, DeadWorkerTrial(tracker))
+    storage_url = redact(url)  # for tags and the summary: never the database password
     study = load_study(cfg, storage_obj, study_name)
     closed = close_stale(study, tracker)
     if closed:
         print(f"closed {closed} MLflow run(s) left RUNNING by a dead worker")
     objective = Objective(cfg, tracker, "", study.study_name)
     # Workers starting together must find or create one parent run, not one each.
-    with schema_lock(resolve_url(storage or cfg.storage_url)):
+    with schema_lock(url):
         parent = parent_run(cfg, tracker, study, storage_url, storage_obj)
     objective.parent_run_id = parent.run_id
 

@@ -24,7 +24,7 @@ import optuna
 import pytest
 from conftest import study_command
 from servers import mlflow_server, postgres_server
-from test_storage import WORKERS, ROUNDS, race
+from test_storage import ROUNDS, WORKERS, race
 
 pytestmark = pytest.mark.slow
 STUDY = "team"
@@ -149,7 +149,8 @@ def ws(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("servers-ws")
     for stage in ("prepare", "teacher"):
         cmd, env = study_command(stage)
-        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600,
+                             check=False)
         assert res.returncode == 0, res.stderr[-3000:]
     return root
 
@@ -209,13 +210,15 @@ def test_three_workers_one_killed_share_one_study_through_the_servers(ws, pg, tr
     assert "RUNNING" not in statuses
     for n, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        config = client.download_artifacts(run.info.run_id, "config.json", str(ws / "dl" / str(n)))
+        assert json.loads(Path(config).read_text())["profile"] == "smoke"
         if n == killed:
             assert run.info.status == "KILLED"
             assert run.data.tags["failure_reason"] == "worker died (no heartbeat)"
             continue
         assert run.info.status == "FINISHED"
         local = client.download_artifacts(run.info.run_id, "predictions_tune.json",
-                                          str(ws / "downloads" / str(n)))
+                                          str(ws / "dl" / str(n)))
         assert json.loads(Path(local).read_text()), n
     assert children[retried[0].number].data.tags["retry_of"] == str(killed)
     assert list(tracking.artifacts.rglob("predictions_tune.json"))  # stored by the server
@@ -227,6 +230,9 @@ def test_three_workers_one_killed_share_one_study_through_the_servers(ws, pg, tr
         assert not any(s in text for s in secrets_), run.info.run_name
     for log in ws.glob("*.log"):
         assert not any(s in log.read_text() for s in secrets_), log.name
+    done = [t for t in trials if t.state.name == "COMPLETE"]
     print(f"\nthree workers + restart: trials {dict(states)}, runs {dict(statuses)}, "
           f"retried {len(retried)} (trial {killed} -> {retried[0].number}), "
-          f"wall {wall:.0f} s, {pg.version}, mlflow {__import__('mlflow').__version__}")
+          f"wall {wall:.0f} s, mean complete trial "
+          f"{sum(t.duration.total_seconds() for t in done) / len(done):.0f} s, "
+          f"{pg.version}, mlflow {__import__('mlflow').__version__}")
