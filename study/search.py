@@ -57,9 +57,14 @@ class DeadWorkerTrial:
     configuration once more, so a dead machine costs time, not coverage."""
 
     def __init__(self, tracker: Tracker):
-        from optuna.storages import RetryFailedTrialCallback
+        import warnings
 
-        self.tracker, self.retry = tracker, RetryFailedTrialCallback(max_retry=1)
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8; known, not news
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+        self.tracker = tracker
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if RUN_ATTR in trial.user_attrs:
