@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("search", "Optuna study over temperature and loss weights, tracked in MLflow")
     s.add_argument("--n-trials", type=int, help="trials to add in this session")
     s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    s.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., journal:PATH)")
+    s.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
+                   "journal:PATH), or env:VAR / file:PATH holding one (keeps a password out of logs)")
     s.add_argument("--study-name", help="Optuna study name")
     add("best", "export the best trial's student and register it in MLflow")
     p = add("predict", "answer questions with an exported or registered student (EM/F1 if answered)")

@@ -15,6 +15,7 @@ import csv
 import math
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,14 @@ from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
 from study.distill import setup_of
 from study.io import read_json
-from study.storage import open_optuna_storage, schema_lock
+from study.storage import open_optuna_storage, redact, resolve_url, schema_lock
 from study.tracking import RunHandle, Tracker
 from study.training import load_splits
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
+WORKER_ATTR = "worker"  # host:pid of the worker running the trial
+RETRY_ATTR = "retry_of"  # number of the dead worker's trial this one re-runs
 # Testing hook for the failure path: trial numbers that raise inside training.
 FAULT_ENV = "STUDY_FAULT_TRIALS"
 
@@ -43,9 +46,34 @@ def output_dir(cfg: Config) -> Path:
 
 
 # --------------------------------------------------------------------------- storage
-def make_storage(cfg: Config, url: str | None = None):
+def make_storage(cfg: Config, url: str | None = None, on_dead_trial=None):
     return open_optuna_storage(url or cfg.storage_url, cfg.search.heartbeat_interval,
-                               cfg.search.grace_period)
+                               cfg.search.grace_period, on_dead_trial)
+
+
+class DeadWorkerTrial:
+    """Called by the storage, in the one worker that marks a trial FAIL because its worker
+    stopped beating (killed, machine lost): closes its MLflow run as KILLED and queues its
+    configuration once more, so a dead machine costs time, not coverage."""
+
+    def __init__(self, tracker: Tracker):
+        import warnings
+
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8; known, not news
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if RUN_ATTR in trial.user_attrs:
+            self.tracker.close_stale_runs([trial.user_attrs[RUN_ATTR]], "KILLED",
+                                          "worker died (no heartbeat)")
+        # The retry copies the user attrs: not the dead run's id, but where it comes from.
+        attrs = {k: v for k, v in trial.user_attrs.items() if k not in (RUN_ATTR, WORKER_ATTR)}
+        trial.user_attrs = {**attrs, RETRY_ATTR: trial.user_attrs.get(RETRY_ATTR, trial.number)}
+        self.retry(study, trial)
 
 
 def evaluation_rounds(cfg: Config) -> int:
@@ -166,10 +194,14 @@ class Objective:
                       "student.layers": list(cfg.student.layers or []),
                       "teacher": str(teacher_stage.output_dir(cfg) / "model"),
                       "learning_rate": params.get("learning_rate", cfg.student.train.learning_rate)}
+        tags = {"study_name": self.study_name, "optuna_trial": trial.number}
+        if RETRY_ATTR in trial.user_attrs:
+            tags[RETRY_ATTR] = trial.user_attrs[RETRY_ATTR]
         handle = self.tracker.start(f"trial-{trial.number}", "trial", params=run_params,
-                                    tags={"study_name": self.study_name, "optuna_trial": trial.number,
-                                          "arm": trial.user_attrs.get(design.ARM_ATTR, "searched")},
+                                    tags={**tags, "arm": trial.user_attrs.get(design.ARM_ATTR,
+                                                                              "searched")},
                                     parent_run_id=self.parent_run_id, split_hashes=self.hashes)
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr(RUN_ATTR, handle.run_id)
         out = self.out_root / str(trial.number)
         try:
@@ -315,18 +347,21 @@ def prune_weights(study: optuna.Study, cfg: Config) -> None:
 def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
         storage: str | None = None, study_name: str | None = None) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage_url = storage or cfg.storage_url
-    storage_obj = make_storage(cfg, storage_url)
-    study = load_study(cfg, storage_obj, study_name)
-    with schema_lock(storage_url):  # one worker gives a new study its first trial
-        design.initialise(study, cfg)
-    design.check_fixed_settings(study, cfg)
     tracker = Tracker(cfg)
+    url = resolve_url(storage or cfg.storage_url)
+    storage_obj = make_storage(cfg, url, DeadWorkerTrial(tracker))
+    storage_url = redact(url)  # for tags and the summary: never the database password
+    study = load_study(cfg, storage_obj, study_name)
     closed = close_stale(study, tracker)
     if closed:
         print(f"closed {closed} MLflow run(s) left RUNNING by a dead worker")
     objective = Objective(cfg, tracker, "", study.study_name)
-    parent = parent_run(cfg, tracker, study, storage_url, storage_obj)
+    # Workers starting together: one gives a new study its first trial (the authors'
+    # setting) and its parent run; the others find both.
+    with schema_lock(url):
+        design.initialise(study, cfg)
+        design.check_fixed_settings(study, cfg)
+        parent = parent_run(cfg, tracker, study, storage_url, storage_obj)
     objective.parent_run_id = parent.run_id
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -10,8 +10,9 @@ so the second worker only opens what the first one made. Nothing is retried.
 
 from __future__ import annotations
 
+import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,40 @@ def schema_lock(url: str):
     return nullcontext()
 
 
+def resolve_url(spec: str) -> str:
+    """The database URL that `spec` names: `env:NAME` reads the environment variable NAME,
+    `file:PATH` the first line of a file; anything else is the URL itself.
+
+    A URL with a password then stays out of command lines, params.yaml and shell history;
+    messages and run tags show it through `redact`.
+    """
+    if spec.startswith("env:"):
+        name = spec[len("env:"):]
+        if not os.environ.get(name):
+            raise StudyError(f"storage {spec}: the environment variable {name} is not set")
+        return os.environ[name].strip()
+    if spec.startswith("file:"):
+        path = Path(spec[len("file:"):]).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise StudyError(f"storage {spec}: cannot read {path}: {exc.strerror}") from None
+        if not lines or not lines[0].strip():
+            raise StudyError(f"storage {spec}: {path} is empty")
+        return lines[0].strip()
+    return spec
+
+
 def open_optuna_storage(url: str, heartbeat_interval: int | None = None,
-                        grace_period: int | None = None):
-    """An Optuna storage for `url` (any SQLAlchemy URL, or `journal:PATH`), safe to open from
-    several processes at once."""
+                        grace_period: int | None = None,
+                        on_dead_trial: Callable | None = None):
+    """An Optuna storage for `url` (any SQLAlchemy URL, `journal:PATH`, or `env:NAME` /
+    `file:PATH` naming one), safe to open from several processes at once.
+    `on_dead_trial(study, trial)` is called on each trial that heartbeats find dead."""
     import optuna
     import sqlalchemy.exc
 
+    url = resolve_url(url)
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -98,7 +126,8 @@ def open_optuna_storage(url: str, heartbeat_interval: int | None = None,
         with schema_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                               heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period)
+                                              grace_period=grace_period,
+                                              heartbeat_stale_trial_callback=on_dead_trial)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise StudyError(f"cannot open Optuna storage {redact(url)}: {first}") from None

@@ -125,7 +125,11 @@ class Tracker:
             return exp.experiment_id
         location = self.cfg.tracking.artifact_location
         if "://" not in location:
-            location = Path(location).resolve().as_uri()
+            # A tracking server stores artifacts where its --artifacts-destination says
+            # (mlflow-artifacts:), reachable by workers on every machine; a local folder is
+            # only for a local store.
+            remote = self.cfg.tracking.uri.startswith(("http://", "https://"))
+            location = None if remote else Path(location).resolve().as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException as exc:

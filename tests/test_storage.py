@@ -10,20 +10,19 @@ worker refused; with the schema lock none can.
 from __future__ import annotations
 
 import multiprocessing as mp
-from pathlib import Path
 
 import pytest
 
 from study.errors import StudyError
-from study.storage import open_optuna_storage, redact, schema_lock
+from study.storage import open_optuna_storage, redact, resolve_url, schema_lock
 
 WORKERS = 4
 ROUNDS = 12
 
 
-def _worker(root: str, barrier, results, kind: str) -> None:
+def _worker(url_template: str, barrier, results, kind: str) -> None:
     for round_no in range(ROUNDS):
-        url = f"sqlite:///{root}/round{round_no}.db"
+        url = url_template.format(round=round_no)
         barrier.wait(timeout=120)
         try:
             if kind == "optuna":
@@ -42,10 +41,11 @@ def _worker(root: str, barrier, results, kind: str) -> None:
             results.put((round_no, f"{type(exc).__name__}: {exc}"[:300]))
 
 
-def _race(tmp_path: Path, kind: str) -> list[tuple[int, str]]:
+def race(url_template: str, kind: str) -> list[tuple[int, str]]:
+    """Each round, WORKERS processes open the database `url_template.format(round=n)` at once."""
     ctx = mp.get_context("spawn")  # no forked torch/OpenMP state in the workers
     barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path), barrier, results, kind))
+    procs = [ctx.Process(target=_worker, args=(url_template, barrier, results, kind))
              for _ in range(WORKERS)]
     for p in procs:
         p.start()
@@ -58,7 +58,7 @@ def _race(tmp_path: Path, kind: str) -> list[tuple[int, str]]:
 
 @pytest.mark.slow
 def test_workers_creating_one_optuna_study_together_all_get_it(tmp_path):
-    outcomes = _race(tmp_path, "optuna")
+    outcomes = race(f"sqlite:///{tmp_path}/round{{round}}.db", "optuna")
     failures = [o for o in outcomes if o[1] != "ok"]
     assert failures == []
     import optuna
@@ -70,7 +70,7 @@ def test_workers_creating_one_optuna_study_together_all_get_it(tmp_path):
 
 @pytest.mark.slow
 def test_workers_creating_one_mlflow_store_together_all_open_it(tmp_path):
-    outcomes = _race(tmp_path, "mlflow")
+    outcomes = race(f"sqlite:///{tmp_path}/round{{round}}.db", "mlflow")
     assert [o for o in outcomes if o[1] != "ok"] == []
 
 
@@ -86,3 +86,28 @@ def test_redact_hides_only_the_password():
     assert redact("postgresql://u:p@h:5/db") == "postgresql://u:***@h:5/db"
     assert redact("journal:/tmp/x.log") == "journal:/tmp/x.log"
     assert redact("sqlite:///a/b.db") == "sqlite:///a/b.db"
+
+
+def test_storage_named_by_an_environment_variable_or_a_file(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/env.db"
+    monkeypatch.setenv("STUDY_STORAGE", url)
+    assert resolve_url("env:STUDY_STORAGE") == url
+    (tmp_path / "url").write_text(url + "\n# comment lines after the first are ignored\n")
+    assert resolve_url(f"file:{tmp_path / 'url'}") == url
+    assert resolve_url(url) == url
+    import optuna
+
+    storage = open_optuna_storage("env:STUDY_STORAGE")
+    optuna.create_study(study_name="e", storage=storage)
+    assert optuna.load_study(study_name="e", storage=url).study_name == "e"
+
+
+def test_a_missing_storage_variable_or_file_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_STORAGE", raising=False)
+    with pytest.raises(StudyError, match="environment variable NO_SUCH_STORAGE is not set"):
+        resolve_url("env:NO_SUCH_STORAGE")
+    with pytest.raises(StudyError, match="cannot read"):
+        resolve_url(f"file:{tmp_path / 'absent'}")
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(StudyError, match="is empty"):
+        resolve_url(f"file:{tmp_path / 'empty'}")

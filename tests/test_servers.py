@@ -1,0 +1,238 @@
+"""Several machines, on real servers: a PostgreSQL server holds the Optuna study and the
+MLflow store, and a real `mlflow server` (basic auth, artifacts proxied through it) takes
+every run. Both are started here on 127.0.0.1 and stopped at the end (tests/servers.py).
+
+Workers get their credentials only through the environment: the database URL from
+STUDY_STORAGE (`--storage env:STUDY_STORAGE`), MLflow's user from MLFLOW_TRACKING_USERNAME
+and MLFLOW_TRACKING_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import study_command
+from servers import mlflow_server, postgres_server
+from test_storage import ROUNDS, WORKERS, race
+
+pytestmark = pytest.mark.slow
+STUDY = "team"
+GRACE_S = 15  # generous: three trainings share two cores, a live heartbeat must not look dead
+WORKER_SETS = ["--set", "tracking.uri={url}", "--set", "search.pruner=none",
+               "--set", "runtime.threads=1", "--set", "search.heartbeat_interval=2",
+               "--set", f"search.grace_period={GRACE_S}"]
+
+
+@pytest.fixture(scope="module")
+def pg():
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tracking(pg, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server(root, pg.create_database("mlflow")) as server:
+        user, password = "worker", base64.urlsafe_b64encode(os.urandom(12)).decode()
+        _api(server.url, "users/create", (server.admin, server.admin_password),
+             {"username": user, "password": password})
+        server.worker = (user, password)
+        yield server
+
+
+def _api(url: str, endpoint: str, auth: tuple[str, str] | None, body: dict | None = None):
+    """One REST call to the tracking server; returns (HTTP status, parsed body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=data,
+                                 headers={"Content-Type": "application/json"})
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, {}
+
+
+def test_both_servers_refuse_requests_without_credentials(pg, tracking):
+    import psycopg
+
+    hba = (pg.datadir / "pg_hba.conf").read_text()
+    rules = [line.split() for line in hba.splitlines() if line.strip() and line[0] != "#"]
+    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules)
+    for password in ("", "wrong"):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            pg.connect(password=password).close()
+    pg.connect().close()
+
+    search = "experiments/search?max_results=1"
+    assert _api(tracking.url, search, None)[0] == 401
+    assert _api(tracking.url, search, (tracking.worker[0], "wrong"))[0] == 401
+    assert _api(tracking.url, search, tracking.worker)[0] == 200
+
+
+def test_workers_opening_a_new_postgres_study_together_all_get_it(pg):
+    urls = [pg.create_database(f"race{n}") for n in range(ROUNDS)]
+    template = urls[0].rsplit("/", 1)[0] + "/race{round}"
+    outcomes = race(template, "optuna")
+    assert len(outcomes) == WORKERS * ROUNDS
+    assert [o for o in outcomes if o[1] != "ok"] == []
+    for url in urls:
+        assert optuna.load_study(study_name="s", storage=url).trials == []
+
+
+# --------------------------------------------------------------------------- three workers
+def _worker(ws: Path, name: str, n: int, env: dict, url: str) -> subprocess.Popen:
+    cmd, full_env = study_command(
+        "search", "--n-trials", str(n), "--study-name", STUDY, "--storage", "env:STUDY_STORAGE",
+        *[a.format(url=url) for a in WORKER_SETS], env=env)
+    log = (ws / f"{name}.log").open("w")
+    return subprocess.Popen(cmd, cwd=ws, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(procs: dict[str, subprocess.Popen], ws: Path, timeout: float = 420) -> None:
+    deadline = time.time() + timeout
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for p in procs.values():
+                p.kill()
+            pytest.fail(f"worker {name} still running after {timeout} s")
+        assert proc.returncode == 0, (ws / f"{name}.log").read_text()[-3000:]
+
+
+def _kill_mid_trial(victim: subprocess.Popen, storage: str, client, timeout: float = 300):
+    """SIGKILL the victim while one of its trials runs, and its MLflow run too.
+
+    The victim is frozen first (SIGSTOP) and then checked: if its trial is still RUNNING in
+    the study and its run RUNNING on the server, it is killed inside that trial; otherwise it
+    is let go and checked again. No timing luck either way.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert victim.poll() is None, "the victim finished before it could be killed"
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name=STUDY, storage=storage).trials
+        except KeyError:
+            continue
+        if not any(t.state.name == "COMPLETE" for t in trials):
+            continue  # kill after a completed trial exists, to show none is lost
+        victim.send_signal(signal.SIGSTOP)
+        trials = optuna.load_study(study_name=STUDY, storage=storage).trials
+        for t in trials:
+            if (t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(
+                    f":{victim.pid}") and "mlflow_run_id" in t.user_attrs
+                    and client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "RUNNING"):
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(timeout=30)
+                return t.number, time.time(), trials
+        victim.send_signal(signal.SIGCONT)
+    pytest.fail("the victim never ran a trial while another one was complete")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("servers-ws")
+    for stage in ("prepare", "teacher"):
+        cmd, env = study_command(stage)
+        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600,
+                             check=False)
+        assert res.returncode == 0, res.stderr[-3000:]
+    return root
+
+
+def test_three_workers_one_killed_share_one_study_through_the_servers(ws, pg, tracking,
+                                                                     monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    started = time.time()
+    storage = pg.create_database("optuna")
+    env = {"STUDY_STORAGE": storage, "MLFLOW_TRACKING_USERNAME": tracking.worker[0],
+           "MLFLOW_TRACKING_PASSWORD": tracking.worker[1]}
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, env[key])  # this test's own client reads the server too
+    client = MlflowClient(tracking_uri=tracking.url)
+    requested = {"a": 2, "b": 2, "victim": 3, "restarted": 1}
+    procs = {name: _worker(ws, name, requested[name], env, tracking.url)
+             for name in ("a", "b", "victim")}
+    victim = procs.pop("victim")
+    killed, killed_at, before = _kill_mid_trial(victim, storage, client)
+    # Its last heartbeat is older than the kill; once the grace period has passed it is
+    # stale, and the dead machine's replacement (or a live worker) must notice it.
+    time.sleep(max(0.0, killed_at + GRACE_S + 1 - time.time()))
+    procs["restarted"] = _worker(ws, "restarted", requested["restarted"], env, tracking.url)
+    _wait(procs, ws)
+    wall = time.time() - started
+
+    trials = sorted(optuna.load_study(study_name=STUDY, storage=storage).trials,
+                    key=lambda t: t.number)
+    by_number = {t.number: t for t in trials}
+    victim_trials = [t for t in before if t.user_attrs.get("worker", "").endswith(
+        f":{victim.pid}")]
+    # Every worker ran what it was asked for; the victim what it had started when it died.
+    total = requested["a"] + requested["b"] + requested["restarted"] + len(victim_trials)
+    assert [t.number for t in trials] == list(range(total))
+    states = Counter(t.state.name for t in trials)
+    assert states == {"COMPLETE": total - 1, "FAIL": 1}
+    assert by_number[killed].state.name == "FAIL"
+    for t in before:
+        if t.state.name == "COMPLETE":
+            assert by_number[t.number].state.name == "COMPLETE"
+            assert by_number[t.number].value == t.value
+    retried = [t for t in trials if t.user_attrs.get("retry_of") is not None]
+    assert [t.user_attrs["retry_of"] for t in retried] == [killed]
+    assert retried[0].params == by_number[killed].params and retried[0].state.name == "COMPLETE"
+
+    exp = client.get_experiment_by_name("kd-qa-smoke")
+    assert exp.artifact_location.startswith("mlflow-artifacts:")
+    runs = client.search_runs([exp.experiment_id], f"tags.study_name = '{STUDY}'",
+                              max_results=500)
+    statuses = Counter(r.info.status for r in runs)
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = {int(r.data.params["trial_number"]): r for r in runs
+                if r.data.tags.get("role") == "trial"}
+    assert sorted(children) == list(range(total))
+    assert "RUNNING" not in statuses
+    for n, run in children.items():
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        if n == killed:  # killed right after its run started: it may have no artifact yet
+            assert run.info.status == "KILLED"
+            assert run.data.tags["failure_reason"] == "worker died (no heartbeat)"
+            continue
+        assert run.info.status == "FINISHED"
+        config = client.download_artifacts(run.info.run_id, "config.json", str(ws / "dl" / str(n)))
+        assert json.loads(Path(config).read_text())["profile"] == "smoke"
+        local = client.download_artifacts(run.info.run_id, "predictions_tune.json",
+                                          str(ws / "dl" / str(n)))
+        assert json.loads(Path(local).read_text()), n
+    assert children[retried[0].number].data.tags["retry_of"] == str(killed)
+    assert list(tracking.artifacts.rglob("predictions_tune.json"))  # stored by the server
+
+    secrets_ = (pg.password, tracking.worker[1])
+    assert "***" in parents[0].data.tags["optuna_storage"]
+    for run in runs:
+        text = json.dumps([run.data.params, run.data.tags])
+        assert not any(s in text for s in secrets_), run.info.run_name
+    for log in ws.glob("*.log"):
+        assert not any(s in log.read_text() for s in secrets_), log.name
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    print(f"\nthree workers + restart: trials {dict(states)}, runs {dict(statuses)}, "
+          f"retried {len(retried)} (trial {killed} -> {retried[0].number}), "
+          f"wall {wall:.0f} s, mean complete trial "
+          f"{sum(t.duration.total_seconds() for t in done) / len(done):.0f} s, "
+          f"{pg.version}, mlflow {__import__('mlflow').__version__}")
