@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 # Testing hook for the failure path: trial numbers that raise inside training.
 FAULT_ENV = "STUDY_FAULT_TRIALS"
+OBJECTIVE_NAME = "tune F1"
 
 
 def output_dir(cfg: Config) -> Path:
@@ -228,7 +230,9 @@ def parent_run(cfg: Config, tracker: Tracker, study: optuna.Study, storage_url: 
 def close_stale(study: optuna.Study, tracker: Tracker) -> int:
     """Mark trials of dead workers FAIL (heartbeats) and close their RUNNING MLflow runs."""
     try:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # experimental since Optuna 2.9, the one way to do it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     except Exception:  # noqa: BLE001 - storages without heartbeats have nothing to fail
         pass
     ids = [t.user_attrs[RUN_ATTR] for t in study.get_trials(deepcopy=False)
@@ -298,6 +302,9 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     storage_url = storage or cfg.storage_url
     storage_obj = make_storage(cfg, storage_url)
     study = load_study(cfg, storage_obj, study_name)
+    with warnings.catch_warnings():  # experimental since Optuna 3.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([OBJECTIVE_NAME])  # optuna-dashboard's axis, not "Objective 0"
     tracker = Tracker(cfg)
     closed = close_stale(study, tracker)
     if closed:
