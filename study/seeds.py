@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from study import dvc_metrics
 from study import search as search_stage
 from study.baseline import train_baseline
 from study.config import Config
@@ -97,6 +98,7 @@ def run(cfg: Config) -> dict:
         "mlflow_run_ids": {role: [d["mlflow_run_id"] for d in docs] for role, docs in runs.items()},
     }
     write_json(cfg.reports / "seeds.json", result)
+    dvc_metrics.write(cfg.reports, dvc_metrics.of_seeds(result))
     pb = result["paired_bootstrap"]
     print(f"F1 difference distilled - baseline: {pb['f1_diff']:.2f} "
           f"(95% CI {pb['ci95'][0]:.2f} .. {pb['ci95'][1]:.2f})")
