@@ -26,9 +26,9 @@ from study.config import load_config
 pytestmark = pytest.mark.slow
 
 PARAMS = str(REPO_ROOT / "params.yaml")
-# Fewer trials than the smoke profile's 3 (2 are enough for `best` to fit importances):
-# the keys a trial reads do not depend on how many trials run.
-SETS = ("--set", "search.n_trials=2")
+# Fewer trials (2 let `best` fit importances) and student epochs than the smoke profile:
+# the keys a stage reads do not depend on how long it trains.
+SETS = ("--set", "search.n_trials=2", "--set", "student.train.epochs=1")
 SHARED_CODE = {"study/cli.py", "study/config.py"}
 LOCATIONS = {"runtime.artifacts", "runtime.reports", "tracking.uri", "tracking.artifact_location",
              "tracking.experiment"}
