@@ -156,10 +156,10 @@ class CodeCalls:
         self.files: set[str] = set()
 
     def _trace(self, frame, event, arg):
+        # Returns None: no line tracing inside the frame, calls only (cheap).
         code = frame.f_code
         if code.co_filename.startswith(self.prefix) and code.co_name != "<module>":
             self.files.add(code.co_filename[len(self.prefix):])
-        return None  # no line tracing: calls only
 
     def __enter__(self) -> CodeCalls:
         self._previous = sys.gettrace()
