@@ -17,8 +17,7 @@ from typing import Any
 from study.io import write_json
 
 ROLES = ("teacher", "baseline", "distilled")
-BEST_FILES = (*ROLES, "trials")
-SEEDS_FILES = ("seeds_baseline", "seeds_distilled", "seeds_diff")
+SEED_ARMS = ("baseline", "authors", "distilled")  # those present in seeds.json
 
 
 def metrics_dir(reports: Path) -> Path:
@@ -57,17 +56,23 @@ def of_best(metrics: dict) -> dict[str, dict[str, float]]:
 
 
 def of_seeds(result: dict) -> dict[str, dict[str, float]]:
-    """Rows from the `seeds` stage's seeds.json document: seed means with their 95% CIs, and
-    the paired bootstrap of the F1 difference (distilled - baseline)."""
+    """Rows from the `seeds` stage's seeds.json document: per arm, seed means with their 95%
+    CIs (`seeds_<arm>`); per paired bootstrap of an F1 difference, the difference and its CI
+    (`seeds_diff` for the one `paired_bootstrap`, `<b>_vs_<a>` for each `paired`
+    `<b>_minus_<a>`)."""
     rows = {}
-    for role in ("baseline", "distilled"):
-        m = result[role]
-        rows[f"seeds_{role}"] = _row(
+    for arm in (a for a in SEED_ARMS if a in result):
+        m = result[arm]
+        rows[f"seeds_{arm}"] = _row(
             em=m["mean"]["exact_match"], em_lo=m["ci95"]["exact_match"][0],
             em_hi=m["ci95"]["exact_match"][1], f1=m["mean"]["f1"], f1_lo=m["ci95"]["f1"][0],
             f1_hi=m["ci95"]["f1"][1], n=len(result["seeds"]))
-    pb = result["paired_bootstrap"]
-    rows["seeds_diff"] = _row(f1=pb["f1_diff"], f1_lo=pb["ci95"][0], f1_hi=pb["ci95"][1])
+    diffs = {name.replace("_minus_", "_vs_"): pb
+             for name, pb in (result.get("paired") or {}).items()}
+    if "paired_bootstrap" in result:
+        diffs["seeds_diff"] = result["paired_bootstrap"]
+    for name, pb in diffs.items():
+        rows[name] = _row(f1=pb["f1_diff"], f1_lo=pb["ci95"][0], f1_hi=pb["ci95"][1])
     return rows
 
 

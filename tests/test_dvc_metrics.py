@@ -18,15 +18,34 @@ METRICS = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text())
 SEEDS = json.loads((REPO_ROOT / "reports" / "seeds.json").read_text())
 
 
+ROWS = {**dvc_metrics.of_best(METRICS), **dvc_metrics.of_seeds(SEEDS)}
+
+
 def test_rows_hold_numbers_only():
-    rows = {**dvc_metrics.of_best(METRICS), **dvc_metrics.of_seeds(SEEDS)}
-    assert set(rows) == {*dvc_metrics.BEST_FILES, *dvc_metrics.SEEDS_FILES}
+    rows = ROWS
+    assert {"teacher", "baseline", "distilled", "trials", "seeds_baseline",
+            "seeds_distilled"} <= set(rows)
     for name, row in rows.items():
         assert row and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                            for v in row.values()), (name, row)
     assert rows["distilled"]["f1"] == round(METRICS["distilled"]["dev"]["f1"], 2)
     assert rows["trials"]["n"] == METRICS["search"]["n_trials"]
-    assert rows["seeds_diff"]["f1_lo"] <= rows["seeds_diff"]["f1"] <= rows["seeds_diff"]["f1_hi"]
+    diffs = [row for name, row in rows.items() if "diff" in name or "_vs_" in name]
+    assert diffs and all(row["f1_lo"] <= row["f1"] <= row["f1_hi"] for row in diffs)
+
+
+def test_three_arm_seeds_give_one_row_per_arm_and_comparison():
+    arm = {"mean": {"exact_match": 1.0, "f1": 2.0},
+           "ci95": {"exact_match": [0.5, 1.5], "f1": [1.0, 3.0]}}
+    pb = {"f1_diff": 1.0, "ci95": [0.25, 1.75]}
+    rows = dvc_metrics.of_seeds({"seeds": [1, 2, 3], "baseline": arm, "authors": arm,
+                                 "distilled": arm, "paired": {"authors_minus_baseline": pb,
+                                                              "distilled_minus_authors": pb}})
+    assert set(rows) == {"seeds_baseline", "seeds_authors", "seeds_distilled",
+                         "authors_vs_baseline", "distilled_vs_authors"}
+    assert rows["seeds_authors"] == {"em": 1.0, "em_lo": 0.5, "em_hi": 1.5, "f1": 2.0,
+                                     "f1_lo": 1.0, "f1_hi": 3.0, "n": 3}
+    assert rows["authors_vs_baseline"] == {"f1": 1.0, "f1_lo": 0.25, "f1_hi": 1.75}
 
 
 @pytest.mark.parametrize(("t", "b", "d", "expected"), [(80, 60, 70, 50.0), (80, 60, 60, 0.0),
@@ -47,15 +66,15 @@ def test_dvc_metrics_show_lists_the_declared_files_in_a_terminal_wide_table(tmp_
     shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     dvc(tmp_path, "init", "--no-scm", "-q")
     reports = tmp_path / "reports"
-    dvc_metrics.write(reports, {**dvc_metrics.of_best(METRICS), **dvc_metrics.of_seeds(SEEDS)})
+    dvc_metrics.write(reports, ROWS)
     for name in ("metrics.json", "seeds.json"):  # provenance: present, but not a metric
         shutil.copy(REPO_ROOT / "reports" / name, reports / name)
     shown = json.loads(dvc(tmp_path, "metrics", "show", "--json"))
     (revision,) = shown.values()  # the workspace ("" without git)
     files = revision["data"]
-    names = (*dvc_metrics.BEST_FILES, *dvc_metrics.SEEDS_FILES)
-    expected = {f"reports/metrics/{n}.json" for n in names}
+    # dvc.yaml declares exactly the files the stages write, and nothing else is a metric.
+    expected = {f"reports/metrics/{n}.json" for n in ROWS}
     assert set(files) == expected
     table = dvc(tmp_path, "metrics", "show").splitlines()
     assert len(table) == 1 + len(expected)
-    assert max(len(line) for line in table) <= 140, "\n".join(table)
+    assert max(len(line) for line in table) <= 150, "\n".join(table)
