@@ -11,12 +11,13 @@ A copy made with some fields changed (`dataclasses.replace`, `.replace(...)`,
 from the code, not from params.yaml: reading them is not a params read.
 
 `CodeCalls` records which files of the `study` package run a function during the stage
-(module-level import code does not count).
+(module and class bodies run on import do not count).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 import threading
 from pathlib import Path
@@ -156,9 +157,10 @@ class CodeCalls:
         self.files: set[str] = set()
 
     def _trace(self, frame, event, arg):
-        # Returns None: no line tracing inside the frame, calls only (cheap).
+        # Returns None: no line tracing inside the frame, calls only (cheap). Module and
+        # class bodies (run on import, not optimised frames) are not the stage's calls.
         code = frame.f_code
-        if code.co_filename.startswith(self.prefix) and code.co_name != "<module>":
+        if code.co_flags & inspect.CO_OPTIMIZED and code.co_filename.startswith(self.prefix):
             self.files.add(code.co_filename[len(self.prefix):])
 
     def __enter__(self) -> CodeCalls:

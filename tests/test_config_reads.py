@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pydantic
-from config_reads import ConfigReads
+from config_reads import CodeCalls, ConfigReads
 
 from study.config import load_config
 
@@ -73,3 +73,17 @@ def test_pydantic_models_are_recorded_the_same_way():
     assert reads.keys == {"section.span.high", "section.other.low", "section.name"}
     assert Root().seed == 1
     assert "seed" not in reads.keys
+
+
+def test_code_calls_count_functions_run_not_modules_imported(tmp_path, monkeypatch):
+    pkg = tmp_path / "toypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "imported.py").write_text("class Section:\n    x = 1\n\n\ndef unused():\n    return 1\n")
+    (pkg / "called.py").write_text("def used():\n    return [i for i in range(2)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with CodeCalls(pkg) as calls:
+        import toypkg.called
+        import toypkg.imported
+        toypkg.called.used()
+    assert calls.files == {"called.py"}
