@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 
 from study import baseline as baseline_stage
+from study import dvc_metrics
 from study import search as search_stage
 from study import teacher as teacher_stage
 from study.config import Config
@@ -146,14 +147,14 @@ def run(cfg: Config) -> dict:
     }
     cfg.reports.mkdir(parents=True, exist_ok=True)
     write_json(cfg.reports / "metrics.json", metrics)
+    dvc_metrics.write(cfg.reports, dvc_metrics.of_best(metrics))
     rows = _curve_rows("baseline", baseline_doc) + _curve_rows("distilled", best_doc)
     with (cfg.reports / "curves.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["role", "step", "tune_exact_match", "tune_f1"])
         w.writeheader()
         w.writerows(rows)
-    importances = importance(study)
-    if importances is not None:
-        write_json(cfg.reports / "importances.json", importances)
+    # Always written (empty with fewer than two complete trials): a declared output.
+    write_json(cfg.reports / "importances.json", importance(study) or {})
     print(f"best trial {best.number} {params}: tune F1 {best.value:.2f}, dev EM/F1 "
           f"{best_doc['dev']['exact_match']:.2f}/{best_doc['dev']['f1']:.2f}; "
           f"exported to {output_dir(cfg) / 'model'}, registered as "

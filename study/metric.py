@@ -56,3 +56,11 @@ def squad_metrics(predictions: dict[str, str], references: dict[str, list[str]])
     n = len(references)
     return {"exact_match": 100.0 * sum(s[0] for s in scores) / n,
             "f1": 100.0 * sum(s[1] for s in scores) / n}
+
+
+def gap_recovered(teacher: float, baseline: float, distilled: float) -> float | None:
+    """Share (%) of the teacher-baseline gap that the distilled student closes."""
+    gap = teacher - baseline
+    if abs(gap) < 1e-12:
+        return None
+    return 100.0 * (distilled - baseline) / gap

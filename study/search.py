@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ WORKER_ATTR = "worker"  # host:pid of the worker running the trial
 RETRY_ATTR = "retry_of"  # number of the dead worker's trial this one re-runs
 # Testing hook for the failure path: trial numbers that raise inside training.
 FAULT_ENV = "STUDY_FAULT_TRIALS"
+OBJECTIVE_NAME = "tune F1"
 
 
 def output_dir(cfg: Config) -> Path:
@@ -279,7 +281,9 @@ def parent_run(cfg: Config, tracker: Tracker, study: optuna.Study, storage_url: 
 def close_stale(study: optuna.Study, tracker: Tracker) -> int:
     """Mark trials of dead workers FAIL (heartbeats) and close their RUNNING MLflow runs."""
     try:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # experimental since Optuna 2.9, the one way to do it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     except Exception:  # noqa: BLE001 - storages without heartbeats have nothing to fail
         pass
     ids = [t.user_attrs[RUN_ATTR] for t in study.get_trials(deepcopy=False)
@@ -361,6 +365,9 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     with schema_lock(url):
         design.initialise(study, cfg)
         design.check_fixed_settings(study, cfg)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])  # optuna-dashboard's axis, not "Objective 0"
         parent = parent_run(cfg, tracker, study, storage_url, storage_obj)
     objective.parent_run_id = parent.run_id
 

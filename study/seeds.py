@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 from scipy import stats
 
-from study import design
+from study import design, dvc_metrics
 from study import search as search_stage
 from study.baseline import train_baseline
 from study.config import Config
@@ -124,6 +124,7 @@ def run(cfg: Config) -> dict:
         "mlflow_run_ids": {arm: [d["mlflow_run_id"] for d in ds] for arm, ds in docs.items()},
     }
     write_json(cfg.reports / "seeds.json", result)
+    dvc_metrics.write(cfg.reports, dvc_metrics.of_seeds(result))
     for name, pb in paired.items():
         print(f"F1 difference {name.replace('_minus_', ' - ')}: {pb['f1_diff']:.2f} "
               f"(95% CI {pb['ci95'][0]:.2f} .. {pb['ci95'][1]:.2f})")

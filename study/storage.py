@@ -11,6 +11,7 @@ so the second worker only opens what the first one made. Nothing is retried.
 from __future__ import annotations
 
 import os
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -123,7 +124,10 @@ def open_optuna_storage(url: str, heartbeat_interval: int | None = None,
         # Several local workers share one file: wait for SQLite's write lock, do not fail.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        with schema_lock(url):
+        with schema_lock(url), warnings.catch_warnings():
+            # Heartbeats are how a dead worker's trial is failed; Optuna still calls the
+            # arguments experimental and warns on every open.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                               heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period,

@@ -25,6 +25,8 @@ from study.errors import StudyError
 from study.storage import redact, schema_lock
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow stores a dataset digest in 36 characters: the split's SHA-256, shortened.
+DIGEST_CHARS = 16
 
 
 def git_state() -> dict[str, str]:
@@ -65,6 +67,20 @@ def environment(cfg: Config, split_hashes: dict[str, str] | None = None) -> dict
     for name, digest in (split_hashes or {}).items():
         env[f"data.{name}_sha256"] = digest
     return env
+
+
+def dataset_inputs(cfg: Config, split_hashes: dict[str, str]) -> list:
+    """The splits as MLflow dataset inputs (the UI's Datasets column), digest = SHA-256."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from study.training import data_dir
+
+    return [DatasetInput(Dataset(name=split, digest=digest[:DIGEST_CHARS], source_type="local",
+                                 source=json.dumps({"uri": str(data_dir(cfg) / f"{split}.json")}),
+                                 profile=json.dumps({"sha256": digest})),
+                         tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
+            for split, digest in split_hashes.items()]
 
 
 class RunHandle:
@@ -149,6 +165,8 @@ class Tracker:
                                      tags={k: str(v) for k, v in all_tags.items()})
         handle = RunHandle(self.client, run.info.run_id)
         handle.log_params(params or {})
+        if split_hashes:
+            self.client.log_inputs(run.info.run_id, datasets=dataset_inputs(self.cfg, split_hashes))
         return handle
 
     def end(self, handle: RunHandle, status: str = "FINISHED", reason: str | None = None) -> None:
@@ -192,7 +210,10 @@ class MlflowLogCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+        # The Trainer's evaluations during training are on `tune` and named eval_*; logged
+        # as tune_*, the step points and the final tune score share one chart.
+        metrics = {("tune_" + k[len("eval_"):] if k.startswith("eval_") else k): v
+                   for k, v in (logs or {}).items() if isinstance(v, (int, float))}
         parts = getattr(self.trainer, "loss_parts", None)
         if parts and "loss" in metrics:
             for name, values in parts.items():

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from study.metric import gap_recovered
 from study.report.inputs import ROLES, Inputs, ModelMetrics
 
 # Sanh et al. (2019), Table 2 (SQuAD v1.1 dev, EM / F1) and Table 3 (parameters).
@@ -32,14 +33,6 @@ def dev_scores(inp: Inputs) -> dict[str, dict[str, Any]]:
             out[role] = {"em": s.mean.exact_match, "f1": s.mean.f1,
                          "em_ci": s.ci95.exact_match, "f1_ci": s.ci95.f1}
     return out
-
-
-def gap_recovered(teacher: float, baseline: float, distilled: float) -> float | None:
-    """Share (%) of the teacher-baseline gap that the distilled student closes."""
-    gap = teacher - baseline
-    if abs(gap) < 1e-12:
-        return None
-    return 100.0 * (distilled - baseline) / gap
 
 
 PAPER_GAP = gap_recovered(PAPER["teacher"][3], PAPER["baseline"][3], PAPER["distilled"][3])
