@@ -45,12 +45,21 @@ def staged_dir(final: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Whole or not at all: a reader (or a killed writer) never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
     tmp.replace(path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True,
+                                  default=str) + "\n")
 
 
 def read_json(path: Path, what: str, hint: str) -> Any:

@@ -12,6 +12,7 @@ The objective is F1 on `tune`; `dev` is scored at the end of each trial, for rep
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import shutil
@@ -29,7 +30,7 @@ from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
 from study.distill import setup_of
-from study.io import read_json
+from study.io import read_json, write_atomic
 from study.storage import open_optuna_storage, redact, resolve_url, schema_lock
 from study.tracking import RunHandle, Tracker
 from study.training import load_splits
@@ -311,25 +312,23 @@ def export_trials(study: optuna.Study, path: Path) -> None:
     cols = ["number", "state", "temperature", "alpha_ce", "alpha_squad", "learning_rate",
             "tune_f1", "tune_exact_match", "dev_f1", "dev_exact_match", "duration_s",
             "mlflow_run_id", "arm", "fail_reason"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for t in sorted(study.trials, key=lambda t: t.number):
-            ua = t.user_attrs
-            w.writerow({
-                "number": t.number, "state": t.state.name,
-                **{k: t.params.get(k, "") for k in ("temperature", "alpha_ce", "alpha_squad",
-                                                    "learning_rate")},
-                "tune_f1": t.value if t.value is not None else ua.get("tune_f1", ""),
-                "tune_exact_match": ua.get("tune_exact_match", ""),
-                "dev_f1": ua.get("dev_f1", ""), "dev_exact_match": ua.get("dev_exact_match", ""),
-                "duration_s": round(t.duration.total_seconds(), 1) if t.duration else "",
-                "mlflow_run_id": ua.get(RUN_ATTR, ""), "arm": ua.get(design.ARM_ATTR, "searched"),
-                "fail_reason": ua.get("fail_reason", ""),
-            })
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    for t in sorted(study.trials, key=lambda t: t.number):
+        ua = t.user_attrs
+        w.writerow({
+            "number": t.number, "state": t.state.name,
+            **{k: t.params.get(k, "") for k in ("temperature", "alpha_ce", "alpha_squad",
+                                                "learning_rate")},
+            "tune_f1": t.value if t.value is not None else ua.get("tune_f1", ""),
+            "tune_exact_match": ua.get("tune_exact_match", ""),
+            "dev_f1": ua.get("dev_f1", ""), "dev_exact_match": ua.get("dev_exact_match", ""),
+            "duration_s": round(t.duration.total_seconds(), 1) if t.duration else "",
+            "mlflow_run_id": ua.get(RUN_ATTR, ""), "arm": ua.get(design.ARM_ATTR, "searched"),
+            "fail_reason": ua.get("fail_reason", ""),
+        })
+    write_atomic(path, text.getvalue())
 
 
 def prune_weights(study: optuna.Study, cfg: Config) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,17 +101,17 @@ class RunHandle:
             self.client.log_batch(self.run_id, params=items)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v)[:5000])
+        from mlflow.entities import RunTag
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        if items:
+            self.client.log_batch(self.run_id, tags=items)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dict(self, obj: Any, name: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / name
-            p.write_text(json.dumps(obj, indent=2, default=str))
-            self.client.log_artifact(self.run_id, str(p))
+        # Through JSON first: config values such as paths become their text.
+        self.client.log_dict(self.run_id, json.loads(json.dumps(obj, default=str)), name)
 
 
 class Tracker:

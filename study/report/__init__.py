@@ -21,12 +21,12 @@ written is deterministic: the same inputs give byte-identical files.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from study.errors import StudyError
+from study.io import write_atomic
 from study.report.figures import FIGURES
 from study.report.inputs import Inputs, load_inputs
 from study.report.markdown import render_markdown
@@ -39,13 +39,6 @@ __all__ = ["FIGURES", "Inputs", "build_report", "load_inputs", "render_markdown"
 def history_frame(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"trial": trials["number"], "tune_f1": trials["tune_f1"],
                          "best_so_far": best_so_far(trials), "state": trials["state"]})
-
-
-def _write(path: Path, data: bytes) -> None:
-    # Whole or not at all: a reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _png(inp: Inputs, name: str) -> bytes:
@@ -67,13 +60,13 @@ def build_report(reports_dir: Path) -> list[Path]:
     written = []
     for name in sorted(FIGURES):
         path = figures / f"{name}.png"
-        _write(path, _png(inp, name))
+        write_atomic(path, _png(inp, name))
         written.append(path)
     history = plots / "history.csv"
-    _write(history, history_frame(inp.trials).to_csv(index=False, lineterminator="\n").encode())
+    write_atomic(history, history_frame(inp.trials).to_csv(index=False, lineterminator="\n").encode())
     written.append(history)
     report = reports_dir / "report.md"
-    _write(report, render_markdown(inp).encode("utf-8"))
+    write_atomic(report, render_markdown(inp).encode("utf-8"))
     written.append(report)
     return written
 
