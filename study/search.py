@@ -19,6 +19,7 @@ import shutil
 import socket
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,6 @@ PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 WORKER_ATTR = "worker"  # host:pid of the worker running the trial
 RETRY_ATTR = "retry_of"  # number of the dead worker's trial this one re-runs
-# Testing hook for the failure path: trial numbers that raise inside training.
-FAULT_ENV = "STUDY_FAULT_TRIALS"
 OBJECTIVE_NAME = "tune F1"
 
 
@@ -126,15 +125,13 @@ def load_study(cfg: Config, storage=None, study_name: str | None = None):
 class PruningCallback(TrainerCallback):
     """Reports each `tune` evaluation to Optuna and stops the trial when told to."""
 
-    def __init__(self, trial: optuna.Trial, fault: bool = False):
-        self.trial, self.fault, self.reports = trial, fault, 0
+    def __init__(self, trial: optuna.Trial):
+        self.trial, self.reports = trial, 0
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if "eval_f1" not in (metrics or {}):
             return
         self.reports += 1
-        if self.fault:
-            raise RuntimeError(f"injected fault ({FAULT_ENV}) in trial {self.trial.number}")
         self.trial.report(metrics["eval_f1"], step=self.reports)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at evaluation {self.reports} "
@@ -174,16 +171,13 @@ def trial_config(cfg: Config, params: dict[str, float]) -> Config:
     return cfg.replace(**changes)
 
 
-def _faults() -> set[int]:
-    return {int(x) for x in os.environ.get(FAULT_ENV, "").split(",") if x.strip()}
-
-
 class Objective:
     def __init__(self, cfg: Config, tracker: Tracker, parent_run_id: str, study_name: str,
-                 out_root: Path | None = None):
+                 out_root: Path | None = None, callbacks: Sequence[TrainerCallback] = ()):
         self.cfg, self.tracker = cfg, tracker
         self.parent_run_id, self.study_name = parent_run_id, study_name
         self.out_root = out_root or output_dir(cfg) / "trials"
+        self.callbacks = tuple(callbacks)  # more Trainer callbacks for every trial
         self.splits, self.hashes = load_splits(cfg)
         teacher_stage.load_trained(cfg)  # fail early, before any trial, if there is none
 
@@ -213,7 +207,7 @@ class Objective:
             setup = setup_of(tcfg)
             doc = distill_student(
                 tcfg, setup, out, cfg.seed, f"trial-{trial.number}", role="trial",
-                callbacks=[PruningCallback(trial, trial.number in _faults()), NanGuard()],
+                callbacks=[PruningCallback(trial), NanGuard(), *self.callbacks],
                 save=cfg.search.keep_weights, handle=handle)
         except optuna.TrialPruned as exc:
             handle.set_tags({"optuna_state": "PRUNED", "prune_reason": str(exc)})
@@ -348,7 +342,9 @@ def prune_weights(study: optuna.Study, cfg: Config) -> None:
 
 
 def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
-        storage: str | None = None, study_name: str | None = None) -> dict:
+        storage: str | None = None, study_name: str | None = None,
+        callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Add trials to the study; `callbacks` are Trainer callbacks given to every trial."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(cfg)
     url = resolve_url(storage or cfg.storage_url)
@@ -358,7 +354,7 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     closed = close_stale(study, tracker)
     if closed:
         print(f"closed {closed} MLflow run(s) left RUNNING by a dead worker")
-    objective = Objective(cfg, tracker, "", study.study_name)
+    objective = Objective(cfg, tracker, "", study.study_name, callbacks=callbacks)
     # Workers starting together: one gives a new study its first trial (the authors'
     # setting) and its parent run; the others find both.
     with schema_lock(url):

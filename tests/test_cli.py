@@ -12,9 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import study_command
+from conftest import REPO_ROOT, study_command
 
-from study.cli import RUN_CHAIN
+from study.cli import RUN_CHAIN, main
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +134,16 @@ def test_prepare_and_baseline_are_deterministic(full_run, baseline_run):
     (["baseline", "--set", "student.init=/nonexistent/path"], "smoke", ["/nonexistent/path"]),
 ], ids=["unknown-profile", "negative-temperature", "zero-weights", "missing-local-data",
         "missing-student-init"])
-def test_errors_are_one_line_and_leave_outputs_untouched(baseline_run, args, profile, needles):
+def test_errors_are_one_line_and_leave_outputs_untouched(baseline_run, args, profile, needles,
+                                                          monkeypatch, capsys):
+    # In-process through main(): the same parser, dispatch and error path, no new interpreter.
     before = snapshot(baseline_run / "artifacts")
     metrics = (baseline_run / SMOKE / "baseline" / "metrics.json").read_bytes()
-    assert_one_line_error(study(baseline_run, *args, profile=profile), *needles)
+    monkeypatch.chdir(baseline_run)
+    code = main([*args, "--params", str(REPO_ROOT / "params.yaml"), "--profile", profile])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert_one_line_error(subprocess.CompletedProcess(args, code, "", err), *needles)
     assert snapshot(baseline_run / "artifacts") == before
     assert (baseline_run / SMOKE / "baseline" / "metrics.json").read_bytes() == metrics
 
