@@ -41,6 +41,7 @@ def run(cfg: Config, steps: int | None = None) -> dict:
     spec = cfg.student.train.replace(max_steps=steps, evals_per_epoch=0)
     d = cfg.distill
     results: dict[str, float] = {}
+    steps: dict[str, int] = {}  # what each variant trained: the times compare like with like
     with tempfile.TemporaryDirectory() as tmp:
         cache_root = Path(tmp) / "cache"
         t0 = time.perf_counter()
@@ -68,11 +69,12 @@ def run(cfg: Config, steps: int | None = None) -> dict:
             t0 = time.perf_counter()
             trainer.train()
             results[f"{name}_seconds"] = time.perf_counter() - t0
+            steps[name] = trainer.state.global_step
     doc = {
         "steps": steps, "batch_size": spec.batch_size, "profile": cfg.profile,
         "student": f"{cfg.student.init} layers {list(cfg.student.layers or [])}",
         "max_length": cfg.data.max_length, "cache_dtype": d.cache_dtype,
-        **{k: round(v, 3) for k, v in results.items()},
+        **{k: round(v, 3) for k, v in results.items()}, "steps_trained": steps,
         "ratio_live_over_plain": round(results["live_teacher_seconds"] / results["plain_seconds"], 4),
         "ratio_cached_over_plain": round(results["cached_teacher_seconds"] / results["plain_seconds"], 4),
         "target_cached_over_plain": 1.05,

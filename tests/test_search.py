@@ -301,8 +301,9 @@ def test_bench_writes_times_and_ratios(ws):
     doc = json.loads((ws / "artifacts" / "smoke" / "reports" / "bench.json").read_text())
     for key in ("plain_seconds", "live_teacher_seconds", "cached_teacher_seconds"):
         assert doc[key] > 0
-    assert doc["ratio_cached_over_plain"] == pytest.approx(
-        doc["cached_teacher_seconds"] / doc["plain_seconds"], rel=1e-2)
+    # Each variant trained exactly the steps asked for, so the times are comparable.
+    assert doc["steps_trained"] == {"plain": 3, "live_teacher": 3, "cached_teacher": 3}
+    assert doc["cache_build_seconds"] > 0
 
 
 def test_pruning_bench_counts_the_epochs_each_search_trained(ws):
