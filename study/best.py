@@ -20,7 +20,7 @@ from study import dvc_metrics
 from study import search as search_stage
 from study import teacher as teacher_stage
 from study.config import Config
-from study.distill import distill_student, setup_of
+from study.distill import distill_student
 from study.errors import StudyError
 from study.io import read_json, staged_dir, write_json
 from study.modeling import parameter_count
@@ -105,8 +105,8 @@ def run(cfg: Config) -> dict:
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / item.name)
                 best_doc = read_json(out / "metrics.json", "trial metrics", "")
             else:  # weights not kept: re-train from the trial's params and seed (deterministic)
-                best_doc = distill_student(tcfg, setup_of(tcfg), out, cfg.seed,
-                                           f"best-trial-{best.number}", role="best", handle=handle)
+                best_doc = distill_student(tcfg, out, cfg.seed, f"best-trial-{best.number}",
+                                           role="best", handle=handle)
             best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
             version = log_registered_model(handle, out / "model", cfg)
             handle.set_tags({"registered_model_version": version})

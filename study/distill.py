@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from study import teacher as teacher_stage
@@ -12,7 +11,7 @@ from study.data import check_same_tokenization
 from study.io import staged_dir
 from study.modeling import build_student
 from study.tracking import Tracker
-from study.training import DistillSetup, fit, load_splits
+from study.training import fit, load_splits
 
 
 def output_dir(cfg: Config) -> Path:
@@ -27,16 +26,12 @@ def with_overrides(cfg: Config, temperature=None, alpha_ce=None, alpha_squad=Non
     return cfg.replace(distill=changes) if changes else cfg
 
 
-def setup_of(cfg: Config) -> DistillSetup:
-    d = cfg.distill
-    return DistillSetup(d.temperature, d.alpha_ce, d.alpha_squad, d.teacher_logits, d.cache_dtype)
-
-
-def distill_student(cfg: Config, setup: DistillSetup, out_dir: Path, seed: int, run_name: str,
+def distill_student(cfg: Config, out_dir: Path, seed: int, run_name: str,
                     role: str = "distill", tags: dict | None = None, parent_run_id: str | None = None,
                     callbacks=(), save: bool = True, tracker: Tracker | None = None,
                     handle=None) -> dict:
-    """Train one distilled student. With `handle` given the caller owns the MLflow run."""
+    """Train one distilled student with the loss settings of `cfg.distill`. With `handle`
+    given the caller owns the MLflow run."""
     splits, hashes = load_splits(cfg)
     teacher, teacher_tok, teacher_dir = teacher_stage.load_trained(cfg)
     student, tokenizer = build_student(cfg.student, seed)
@@ -44,13 +39,13 @@ def distill_student(cfg: Config, setup: DistillSetup, out_dir: Path, seed: int, 
     check_same_tokenization(teacher_tok, tokenizer, splits["train"], d.max_length, d.doc_stride,
                             str(teacher_dir), cfg.student.init)
     kwargs = dict(role=role, model=student, tokenizer=tokenizer, spec=cfg.student.train,
-                  splits=splits, out_dir=out_dir, seed=seed, distill=setup, teacher=teacher,
+                  splits=splits, out_dir=out_dir, seed=seed, distill=cfg.distill, teacher=teacher,
                   teacher_dir=teacher_dir, callbacks=callbacks, save=save)
     if handle is not None:
         return fit(cfg, handle=handle, **kwargs)
     tracker = tracker or Tracker(cfg)
     params = {**student_params(cfg, seed), "teacher": str(teacher_dir),
-              **dataclasses.asdict(setup)}
+              **cfg.distill.model_dump()}
     with tracker.run(run_name, role, params=params, tags=tags, parent_run_id=parent_run_id,
                      split_hashes=hashes) as h:
         h.log_dict(cfg.to_dict(), "config.json")
@@ -59,7 +54,7 @@ def distill_student(cfg: Config, setup: DistillSetup, out_dir: Path, seed: int, 
 
 def run(cfg: Config) -> dict:
     with staged_dir(output_dir(cfg)) as out:
-        doc = distill_student(cfg, setup_of(cfg), out, cfg.seed, "distill")
+        doc = distill_student(cfg, out, cfg.seed, "distill")
     d = cfg.distill
     print(f"distilled (T={d.temperature}, alpha_ce={d.alpha_ce}, alpha_squad={d.alpha_squad}): "
           f"tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "

@@ -30,7 +30,6 @@ from study import baseline as baseline_stage
 from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
-from study.distill import setup_of
 from study.io import read_json, write_atomic
 from study.storage import open_optuna_storage, redact, resolve_url, schema_lock
 from study.tracking import RunHandle, Tracker
@@ -204,9 +203,8 @@ class Objective:
         try:
             tcfg = trial_config(cfg, params)
             handle.log_dict(tcfg.to_dict(), "config.json")
-            setup = setup_of(tcfg)
             doc = distill_student(
-                tcfg, setup, out, cfg.seed, f"trial-{trial.number}", role="trial",
+                tcfg, out, cfg.seed, f"trial-{trial.number}", role="trial",
                 callbacks=[PruningCallback(trial), NanGuard(), *self.callbacks],
                 save=cfg.search.keep_weights, handle=handle)
         except optuna.TrialPruned as exc:

@@ -3,7 +3,6 @@ search trials, seeds): features, Trainer, evaluation on tune and dev, files, MLf
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import time
@@ -15,7 +14,7 @@ import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
 from study.cache import build_or_load
-from study.config import Config, TrainSpec
+from study.config import Config, DistillConfig, TrainSpec
 from study.data import SPLITS, build_eval_features, build_train_features, read_split, references
 from study.io import read_json, write_json
 from study.metric import squad_metrics
@@ -24,15 +23,6 @@ from study.postprocess import postprocess_predictions
 from study.qa import QASettings, QuestionAnswerer
 from study.tracking import MlflowLogCallback, RunHandle
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillSetup:
-    temperature: float
-    alpha_ce: float
-    alpha_squad: float
-    teacher_logits: str = "cache"  # cache | live
-    cache_dtype: str = "float16"
 
 
 def data_dir(cfg: Config) -> Path:
@@ -102,7 +92,7 @@ def _post_process(cfg: Config):
 
 def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: dict[str, list[dict]],
         out_dir: Path, handle: RunHandle | None, seed: int | None = None,
-        distill: DistillSetup | None = None, teacher=None, teacher_dir: Path | None = None,
+        distill: DistillConfig | None = None, teacher=None, teacher_dir: Path | None = None,
         callbacks: Sequence = (), train: bool = True, save: bool = True) -> dict[str, Any]:
     """Train (unless train=False), score tune and dev, write predictions/metrics/model into
     out_dir, and log them to `handle`. Returns the metrics document."""
@@ -161,7 +151,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: di
         "parameters": parameter_count(model), "train_seconds": round(train_seconds, 2),
         "teacher_cache_seconds": round(cache_seconds, 2),
         "wall_seconds": round(time.time() - started, 2),
-        "distill": dataclasses.asdict(distill) if distill else None,
+        "distill": distill.model_dump() if distill else None,
         "mlflow_run_id": handle.run_id if handle else None,
     }
     if save:
