@@ -32,7 +32,8 @@ def load_answerer(cfg: Config, ref: str) -> QuestionAnswerer:
     from mlflow.exceptions import MlflowException
 
     from study.serving import QuestionAnsweringModel
-    mlflow.set_tracking_uri(cfg.tracking.uri)
+    from study.storage import absolute_sqlite
+    mlflow.set_tracking_uri(absolute_sqlite(cfg.tracking.uri))
     try:
         model = mlflow.pyfunc.load_model(ref).unwrap_python_model()
     except (MlflowException, OSError) as exc:

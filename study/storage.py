@@ -28,6 +28,16 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len(SQLITE):]) if url.startswith(SQLITE) else None
 
 
+def absolute_sqlite(url: str) -> str:
+    """A SQLite URL with its file resolved against the current folder now.
+
+    MLflow caches one store per URL text, so a relative `sqlite:///mlruns/mlflow.db` opened
+    again from another folder of the same process would reach the first folder's file.
+    """
+    db = sqlite_path(url)
+    return f"{SQLITE}{db.resolve()}" if db is not None and not db.is_absolute() else url
+
+
 def _lock_key(url: str) -> int:
     # A signed 32-bit key per database URL, so unrelated databases on one server do not
     # wait for each other.

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from study.config import Config
 from study.errors import StudyError
-from study.storage import redact, schema_lock
+from study.storage import absolute_sqlite, redact, schema_lock
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow stores a dataset digest in 36 characters: the split's SHA-256, shortened.
@@ -121,7 +121,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.cfg = cfg
-        uri = cfg.tracking.uri
+        uri = absolute_sqlite(cfg.tracking.uri)
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
         try:

@@ -111,3 +111,12 @@ def test_a_missing_storage_variable_or_file_is_one_clear_line(tmp_path, monkeypa
     (tmp_path / "empty").write_text("")
     with pytest.raises(StudyError, match="is empty"):
         resolve_url(f"file:{tmp_path / 'empty'}")
+
+
+def test_a_relative_sqlite_store_is_resolved_where_it_is_opened(tmp_path, monkeypatch):
+    from study.storage import absolute_sqlite
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_sqlite("sqlite:///mlruns/mlflow.db") == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert absolute_sqlite("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert absolute_sqlite("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
