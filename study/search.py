@@ -18,7 +18,6 @@ import os
 import shutil
 import socket
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,13 @@ from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
 from study.io import read_json, write_atomic
-from study.storage import open_optuna_storage, redact, resolve_url, schema_lock
+from study.storage import (
+    known_experimental,
+    open_optuna_storage,
+    redact,
+    resolve_url,
+    schema_lock,
+)
 from study.tracking import RunHandle, Tracker
 from study.training import load_splits
 
@@ -58,12 +63,9 @@ class DeadWorkerTrial:
     configuration once more, so a dead machine costs time, not coverage."""
 
     def __init__(self, tracker: Tracker):
-        import warnings
-
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-        with warnings.catch_warnings():  # "experimental" since Optuna 2.8; known, not news
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with known_experimental():  # since Optuna 2.8
             self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
         self.tracker = tracker
 
@@ -274,8 +276,7 @@ def parent_run(cfg: Config, tracker: Tracker, study: optuna.Study, storage_url: 
 def close_stale(study: optuna.Study, tracker: Tracker) -> int:
     """Mark trials of dead workers FAIL (heartbeats) and close their RUNNING MLflow runs."""
     try:
-        with warnings.catch_warnings():  # experimental since Optuna 2.9, the one way to do it
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with known_experimental():  # since Optuna 2.9, and the one way to do it
             optuna.storages.fail_stale_trials(study)
     except Exception:  # noqa: BLE001 - storages without heartbeats have nothing to fail
         pass
@@ -358,8 +359,7 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     with schema_lock(url):
         design.initialise(study, cfg)
         design.check_fixed_settings(study, cfg)
-        with warnings.catch_warnings():  # experimental since Optuna 3.2
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with known_experimental():  # since Optuna 3.2
             study.set_metric_names([OBJECTIVE_NAME])  # optuna-dashboard's axis, not "Objective 0"
         parent = parent_run(cfg, tracker, study, storage_url, storage_obj)
     objective.parent_run_id = parent.run_id

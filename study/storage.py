@@ -28,6 +28,17 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len(SQLITE):]) if url.startswith(SQLITE) else None
 
 
+@contextmanager
+def known_experimental() -> Iterator[None]:
+    """Quiet Optuna's ExperimentalWarning around a call the project relies on knowingly
+    (heartbeats, their retry callback, metric names); other warnings still show."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def absolute_sqlite(url: str) -> str:
     """A SQLite URL with its file resolved against the current folder now.
 
@@ -134,10 +145,9 @@ def open_optuna_storage(url: str, heartbeat_interval: int | None = None,
         # Several local workers share one file: wait for SQLite's write lock, do not fail.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        with schema_lock(url), warnings.catch_warnings():
-            # Heartbeats are how a dead worker's trial is failed; Optuna still calls the
-            # arguments experimental and warns on every open.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Heartbeats are how a dead worker's trial is failed; Optuna still calls the
+        # arguments experimental and warns on every open.
+        with schema_lock(url), known_experimental():
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                               heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period,
