@@ -201,22 +201,34 @@ def test_two_concurrent_workers_share_one_study(ws):
 
 
 def running_after_one_done(ws: Path, name: str, proc, timeout: float = 300) -> int | None:
-    """Wait until the study has a finished trial and a running one; return the running one."""
+    """Freeze the worker (SIGSTOP) while the study has a finished trial and a running one that
+    has its MLflow run; return that trial's number. The caller signals, then SIGCONTs it.
+
+    The trial is re-read after the freeze: one that ended meanwhile (a quick pruned trial)
+    is let go and the next one waited for, so the signal always lands inside a trial."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
-        if not (ws / f"{name}.db").exists():
+        number = _running_with_run(ws, name)
+        if number is None:
             continue
-        try:
-            trials = load(ws, name).trials
-        except Exception:  # noqa: BLE001 - study not created yet
-            continue
-        done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-        running = [t for t in trials if t.state.name == "RUNNING"]
-        if done and running:
-            time.sleep(2)  # well inside the trial's training
-            return running[0].number
+        proc.send_signal(signal.SIGSTOP)
+        if _running_with_run(ws, name) == number:
+            return number
+        proc.send_signal(signal.SIGCONT)
     return None
+
+
+def _running_with_run(ws: Path, name: str) -> int | None:
+    if not (ws / f"{name}.db").exists():
+        return None
+    try:
+        trials = load(ws, name).trials
+    except Exception:  # noqa: BLE001 - study not created yet
+        return None
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    running = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+    return running[0].number if done and running else None
 
 
 def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_running(ws):
@@ -249,6 +261,7 @@ def test_ctrl_c_marks_the_running_trial_and_keeps_the_rest(ws):
         interrupted = running_after_one_done(ws, "s6", proc)
     finally:
         proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)  # the interrupt is delivered as it resumes
         _, err = proc.communicate(timeout=120)
     assert interrupted is not None, "no trial was running before the deadline"
     assert proc.returncode == 130
