@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from study.config import Config
-from study.io import staged_dir
+from study.files import staged_dir
 from study.modeling import build_student
 from study.tracking import Tracker
-from study.training import fit, load_splits
+from study.fit import fit, load_splits
 
 
 def output_dir(cfg: Config) -> Path:

@@ -20,14 +20,14 @@ import transformers
 from transformers import DataCollatorWithPadding
 
 from study import teacher as teacher_stage
-from study.cache import build_or_load
+from study.teacher_logits import build_or_load
 from study.config import Config
 from study.data import build_train_features
-from study.io import read_json, write_json
+from study.files import read_json, write_json
 from study.modeling import build_student
 from study.tracking import Tracker, device_name, git_state, package_versions
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer
-from study.training import apply_runtime, load_splits, training_arguments
+from study.fit import apply_runtime, load_splits, training_arguments
 
 
 def run(cfg: Config, steps: int | None = None) -> dict:

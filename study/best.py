@@ -22,12 +22,12 @@ from study import teacher as teacher_stage
 from study.config import Config
 from study.distill import distill_student
 from study.errors import StudyError
-from study.io import read_json, staged_dir, write_json
+from study.files import read_json, staged_dir, write_json
 from study.modeling import parameter_count
 from study.qa import QASettings, QuestionAnswerer
 from study.serving import register_champion
 from study.tracking import RunHandle, Tracker, device_name, git_state, package_versions
-from study.training import apply_runtime, device, load_splits
+from study.fit import apply_runtime, device, load_splits
 
 
 def output_dir(cfg: Config) -> Path:

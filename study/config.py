@@ -146,7 +146,8 @@ class StudentConfig(Section):
 
 class DistillConfig(Section):
     temperature: Float = Field(2.0, gt=0)
-    # Weight of the soft-target KL term (the paper's name).
+    # Weighs the T^2-scaled KL term between teacher and student distributions; named
+    # alpha_ce after the paper and the authors' script, though it is not a cross-entropy.
     alpha_ce: Float = Field(0.5, ge=0, le=1)
     alpha_squad: Float = Field(0.5, ge=0, le=1)
     # cache: teacher logits computed once and memory-mapped; live: teacher forward
@@ -207,7 +208,8 @@ class SearchConfig(Section):
     alpha_squad: Range = Range(low=0.0, high=1.0)
     learning_rate: Range | None = None
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
-    pruner_warmup_steps: Int = 0
+    # Evaluation rounds on `tune` (not optimiser steps) before a trial may be pruned.
+    pruner_warmup_rounds: Int = 0
     heartbeat_interval: Int = Field(10, ge=1)
     grace_period: Int = 30
     keep_weights: StrictBool = True
@@ -224,10 +226,10 @@ class SearchConfig(Section):
 
 
 class SeedsConfig(Section):
-    seeds: tuple[Int, ...] = Field((1, 2, 3), min_length=3)
+    values: tuple[Int, ...] = Field((1, 2, 3), min_length=3)
     bootstrap_samples: Int = Field(2000, ge=100)
 
-    @field_validator("seeds")
+    @field_validator("values")
     @classmethod
     def _distinct(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
         if len(set(seeds)) != len(seeds):

@@ -8,10 +8,10 @@ from study import teacher as teacher_stage
 from study.baseline import student_params
 from study.config import Config
 from study.data import check_same_tokenization
-from study.io import staged_dir
+from study.files import staged_dir
 from study.modeling import build_student
 from study.tracking import Tracker
-from study.training import fit, load_splits
+from study.fit import fit, load_splits
 
 
 def output_dir(cfg: Config) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from study.io import write_json
+from study.files import write_json
 from study.metric import gap_recovered
 
 ROLES = ("teacher", "baseline", "distilled")

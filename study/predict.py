@@ -18,7 +18,7 @@ from pathlib import Path
 from study.config import Config
 from study.data import read_data_file, records_from_squad, validate_records
 from study.errors import StudyError
-from study.io import ensure_writable, write_json
+from study.files import ensure_writable, write_json
 from study.metric import squad_metrics
 from study.qa import QASettings, QuestionAnswerer
 
@@ -26,7 +26,7 @@ from study.qa import QASettings, QuestionAnswerer
 def load_answerer(cfg: Config, ref: str) -> QuestionAnswerer:
     """A model folder (settings from params), or an MLflow model URI (its logged settings)."""
     if ":/" not in ref:
-        from study.training import device
+        from study.fit import device
         return QuestionAnswerer.from_pretrained(ref, QASettings.from_config(cfg), device(cfg))
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -127,7 +127,7 @@ def run(cfg: Config, model: str, data: str | None = None, out: str | None = None
     one_question = question is not None and context is not None
     if (data is None) != one_question or (question is None) != (context is None):
         raise StudyError("give --data FILE, or both --question and --context")
-    from study.training import apply_runtime
+    from study.fit import apply_runtime
     apply_runtime(cfg)
     if data is not None:
         data_path = Path(data)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from study.config import Config
 from study.data import build_splits, manifest, write_splits
-from study.io import staged_dir, write_json
-from study.training import data_dir
+from study.files import staged_dir, write_json
+from study.fit import data_dir
 
 
 def run(cfg: Config) -> dict:

@@ -29,7 +29,7 @@ from study import baseline as baseline_stage
 from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
-from study.io import read_json, write_atomic
+from study.files import read_json, write_atomic
 from study.storage import (
     known_experimental,
     open_optuna_storage,
@@ -38,7 +38,7 @@ from study.storage import (
     schema_lock,
 )
 from study.tracking import RunHandle, Tracker
-from study.training import load_splits
+from study.fit import load_splits
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
@@ -91,11 +91,11 @@ PRUNERS = {
     "none": lambda cfg: optuna.pruners.NopPruner(),
     "median": lambda cfg: optuna.pruners.MedianPruner(
         n_startup_trials=cfg.search.n_startup_trials,
-        n_warmup_steps=cfg.search.pruner_warmup_steps),
+        n_warmup_steps=cfg.search.pruner_warmup_rounds),
     "successive_halving": lambda cfg: optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=max(1, cfg.search.pruner_warmup_steps), reduction_factor=3),
+        min_resource=max(1, cfg.search.pruner_warmup_rounds), reduction_factor=3),
     "hyperband": lambda cfg: optuna.pruners.HyperbandPruner(
-        min_resource=max(1, cfg.search.pruner_warmup_steps),
+        min_resource=max(1, cfg.search.pruner_warmup_rounds),
         max_resource=evaluation_rounds(cfg), reduction_factor=3),
 }
 

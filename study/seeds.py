@@ -23,9 +23,9 @@ from study.baseline import train_baseline
 from study.config import Config
 from study.distill import distill_student
 from study.errors import StudyError
-from study.io import write_json
+from study.files import write_json
 from study.metric import per_question
-from study.training import load_splits
+from study.fit import load_splits
 
 
 def mean_ci(values: list[float]) -> tuple[float, list[float]]:
@@ -99,7 +99,7 @@ def run(cfg: Config) -> dict:
     docs: dict[str, list[dict]] = {arm: [] for arm in settings}
     per_q: dict[str, list[np.ndarray]] = {arm: [] for arm in settings}
     tags = {"seeds_of_trial": best.number}
-    for seed in cfg.seeds.seeds:
+    for seed in cfg.seeds.values:
         for arm, params in settings.items():
             if arm == "distilled" and params == settings["authors"]:
                 # The search found the authors' setting: the same training, not run twice.
@@ -117,7 +117,7 @@ def run(cfg: Config) -> dict:
     paired = {name: paired_bootstrap(mean_q[a], mean_q[b], cfg.seeds.bootstrap_samples,
                                      seed=cfg.seed) for name, (a, b) in COMPARISONS.items()}
     result = {
-        "seeds": list(cfg.seeds.seeds), "trial": best.number, "params": dict(best.params),
+        "seeds": list(cfg.seeds.values), "trial": best.number, "params": dict(best.params),
         "authors_params": settings["authors"],
         **{arm: _summary(d) for arm, d in docs.items()},
         "paired": paired,

@@ -8,10 +8,10 @@ import transformers
 
 from study.config import Config
 from study.errors import StudyError
-from study.io import staged_dir
+from study.files import staged_dir
 from study.modeling import load_qa_model, load_tokenizer
 from study.tracking import Tracker
-from study.training import fit, load_splits
+from study.fit import fit, load_splits
 
 
 def output_dir(cfg: Config) -> Path:

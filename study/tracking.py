@@ -73,7 +73,7 @@ def dataset_inputs(cfg: Config, split_hashes: dict[str, str]) -> list:
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    from study.training import data_dir
+    from study.fit import data_dir
 
     return [DatasetInput(Dataset(name=split, digest=digest[:DIGEST_CHARS], source_type="local",
                                  source=json.dumps({"uri": str(data_dir(cfg) / f"{split}.json")}),

@@ -153,7 +153,7 @@ def test_a_pruned_trial_is_tagged_pruned(ws):
                          "learning_rate": 1e-9})
     study_cli(
         ws, "search", "--n-trials", "2", "--study-name", "p1", "--storage", "sqlite:///p1.db",
-        "--set", "search.n_startup_trials=1", "--set", "search.pruner_warmup_steps=0",
+        "--set", "search.n_startup_trials=1", "--set", "search.pruner_warmup_rounds=0",
         "--set", "search.learning_rate={low: 1.0e-9, high: 1.0e-3, log: true}")
     states = [t.state.name for t in load(ws, "p1").trials]
     assert states == ["COMPLETE", "PRUNED"]
@@ -321,7 +321,7 @@ def test_bench_writes_times_and_ratios(ws):
 
 def test_pruning_bench_counts_the_epochs_each_search_trained(ws):
     study_cli(ws, "bench", "--pruning", "--n-configs", "3", "--set", "search.pruner=hyperband",
-              "--set", "search.pruner_warmup_steps=1")
+              "--set", "search.pruner_warmup_rounds=1")
     doc = json.loads((ws / "artifacts" / "smoke" / "reports" / "bench.json").read_text())
     assert doc["plain_seconds"] > 0  # the cache benchmark's figures are kept
     p = doc["pruning"]

@@ -11,7 +11,7 @@ import transformers
 from conftest import make_tiny_bert_qa, make_tiny_distilbert_qa
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from study.cache import TeacherLogitCache, build_or_load
+from study.teacher_logits import TeacherLogitCache, build_or_load
 from study.data import build_eval_features, build_train_features
 from study.loss import distillation_loss
 from study.metric import squad_metrics
@@ -223,7 +223,7 @@ def test_evaluation_keeps_feature_order_when_training_groups_by_length(tmp_path,
 
     from study.data import EMBEDDED_DATA, build_eval_features, load_squad_file
     from study.trainer import QuestionAnsweringTrainer
-    from study.training import group_by_length_args
+    from study.fit import group_by_length_args
 
     records = load_squad_file(EMBEDDED_DATA)[:24]
     feats = build_eval_features(records, tokenizer, 128, 64)
@@ -247,7 +247,7 @@ def test_cache_built_by_two_workers_at_once_is_used_not_broken(tmp_path, teacher
                                                                monkeypatch):
     """Two search workers may build the same cache at once: the one that finishes second
     keeps the first one's cache (same key, same logits) instead of failing its trial."""
-    import study.cache as cache_mod
+    import study.teacher_logits as cache_mod
 
     teacher.eval()
     kw = dict(root=tmp_path, max_length=MAX_LEN, doc_stride=STRIDE, batch_size=8,

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.errors import StudyError
-from study.io import write_atomic
+from study.files import write_atomic
 from study.report.figures import FIGURES
 from study.report.inputs import Inputs, load_inputs
 from study.report.markdown import render_markdown

@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ValidationError, model_validator
 
 from study.errors import StudyError
-from study.io import read_json
+from study.files import read_json
 
 HINT_BEST = "run `study best` first"
 HINT_SEEDS = "run `study seeds` first"

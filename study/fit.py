@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from study.cache import build_or_load
+from study.teacher_logits import build_or_load
 from study.config import Config, DistillConfig, TrainSpec
 from study.data import SPLITS, build_eval_features, build_train_features, read_split, references
-from study.io import read_json, write_json
+from study.files import read_json, write_json
 from study.metric import squad_metrics
 from study.modeling import parameter_count, save_model
 from study.postprocess import postprocess_predictions
