@@ -8,7 +8,7 @@ from study.config import Config
 from study.files import staged_dir
 from study.modeling import build_student
 from study.tracking import Tracker
-from study.fit import fit, load_splits
+from study.fit import Fitted, fit, load_splits
 
 
 def output_dir(cfg: Config) -> Path:
@@ -24,20 +24,20 @@ def student_params(cfg: Config, seed: int) -> dict:
 
 
 def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: dict | None = None,
-                   save: bool = True) -> dict:
-    splits, hashes = load_splits(cfg)
+                   save: bool = True) -> Fitted:
+    _, hashes = load_splits(cfg)
     model, tokenizer = build_student(cfg.student, seed)
     tracker = Tracker(cfg)
     with tracker.run(run_name, "baseline", params=student_params(cfg, seed), tags=tags,
                      split_hashes=hashes) as handle:
         handle.log_dict(cfg.to_dict(), "config.json")
         return fit(cfg, role="baseline", model=model, tokenizer=tokenizer, spec=cfg.student.train,
-                   splits=splits, out_dir=out_dir, handle=handle, seed=seed, save=save)
+                   out_dir=out_dir, handle=handle, seed=seed, save=save)
 
 
 def run(cfg: Config) -> dict:
     with staged_dir(output_dir(cfg)) as out:
-        doc = train_baseline(cfg, out, cfg.seed, "baseline")
+        doc = train_baseline(cfg, out, cfg.seed, "baseline").doc
     print(f"baseline: tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "
           f"{doc['dev']['exact_match']:.2f}/{doc['dev']['f1']:.2f}")
     return doc

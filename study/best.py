@@ -106,7 +106,7 @@ def run(cfg: Config) -> dict:
                 best_doc = read_json(out / "metrics.json", "trial metrics", "")
             else:  # weights not kept: re-train from the trial's params and seed (deterministic)
                 best_doc = distill_student(tcfg, out, cfg.seed, f"best-trial-{best.number}",
-                                           role="best", handle=handle)
+                                           role="best", handle=handle).doc
             best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
             version = log_registered_model(handle, out / "model", cfg)
             handle.set_tags({"registered_model_version": version})

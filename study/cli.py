@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=None, help="training steps per variant")
     b.add_argument("--pruning", action="store_true",
                    help="instead: the same seeded search with and without the pruner")
+    b.add_argument("--fixed-cost", action="store_true",
+                   help="instead: per-trial fixed work (windows, teacher, cache key) at SQuAD's "
+                        "size, before and after it was done once per data version")
     b.add_argument("--n-configs", type=int, default=None,
                    help="configurations per search with --pruning (default: search.n_trials)")
     u = add("ui", "start the MLflow UI on the project's tracking store (127.0.0.1)")
@@ -101,6 +104,8 @@ def dispatch(args: argparse.Namespace) -> None:
         bench = _stage("bench")
         if args.pruning:
             bench.pruning(cfg, n_configs=args.n_configs)
+        elif args.fixed_cost:
+            bench.fixed_cost(cfg)
         else:
             bench.run(cfg, steps=args.steps)
     elif cmd == "predict":

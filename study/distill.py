@@ -11,7 +11,7 @@ from study.data import check_same_tokenization
 from study.files import staged_dir
 from study.modeling import build_student
 from study.tracking import Tracker
-from study.fit import fit, load_splits
+from study.fit import Fitted, fit, load_splits
 
 
 def output_dir(cfg: Config) -> Path:
@@ -29,17 +29,18 @@ def with_overrides(cfg: Config, temperature=None, alpha_ce=None, alpha_squad=Non
 def distill_student(cfg: Config, out_dir: Path, seed: int, run_name: str,
                     role: str = "distill", tags: dict | None = None, parent_run_id: str | None = None,
                     callbacks=(), save: bool = True, tracker: Tracker | None = None,
-                    handle=None) -> dict:
+                    handle=None) -> Fitted:
     """Train one distilled student with the loss settings of `cfg.distill`. With `handle`
     given the caller owns the MLflow run."""
     splits, hashes = load_splits(cfg)
-    teacher, teacher_tok, teacher_dir = teacher_stage.load_trained(cfg)
+    _, teacher_tok, teacher_dir = teacher_stage.load_trained(cfg)
     student, tokenizer = build_student(cfg.student, seed)
     d = cfg.data
     check_same_tokenization(teacher_tok, tokenizer, splits["train"], d.max_length, d.doc_stride,
                             str(teacher_dir), cfg.student.init)
     kwargs = dict(role=role, model=student, tokenizer=tokenizer, spec=cfg.student.train,
-                  splits=splits, out_dir=out_dir, seed=seed, distill=cfg.distill, teacher=teacher,
+                  out_dir=out_dir, seed=seed, distill=cfg.distill,
+                  teacher=lambda: teacher_stage.load_trained(cfg)[0],
                   teacher_dir=teacher_dir, callbacks=callbacks, save=save)
     if handle is not None:
         return fit(cfg, handle=handle, **kwargs)
@@ -54,7 +55,7 @@ def distill_student(cfg: Config, out_dir: Path, seed: int, run_name: str,
 
 def run(cfg: Config) -> dict:
     with staged_dir(output_dir(cfg)) as out:
-        doc = distill_student(cfg, out, cfg.seed, "distill")
+        doc = distill_student(cfg, out, cfg.seed, "distill").doc
     d = cfg.distill
     print(f"distilled (T={d.temperature}, alpha_ce={d.alpha_ce}, alpha_squad={d.alpha_squad}): "
           f"tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "

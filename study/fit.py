@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,28 +14,48 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from study.teacher_logits import build_or_load
 from study.config import Config, DistillConfig, TrainSpec
-from study.data import SPLITS, build_eval_features, build_train_features, read_split, references
+from study.data import SPLITS, read_split, references
 from study.files import read_json, write_json
 from study.metric import squad_metrics
 from study.modeling import parameter_count, save_model
 from study.postprocess import postprocess_predictions
 from study.qa import QASettings, QuestionAnswerer
 from study.tracking import MlflowLogCallback, RunHandle
+from study.teacher_logits import build_or_load
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
+from study.windows import Windows, load_windows
 
 
 def data_dir(cfg: Config) -> Path:
     return cfg.artifacts / "data"
 
 
+def windows_root(cfg: Config) -> Path:
+    return cfg.artifacts / "windows"
+
+
+_SPLITS: dict[tuple[str, str], tuple[dict[str, list[dict]], dict[str, str]]] = {}
+
+
 def load_splits(cfg: Config) -> tuple[dict[str, list[dict]], dict[str, str]]:
-    """The prepared splits and their hashes (from the manifest `study prepare` wrote)."""
+    """The prepared splits and their hashes (from the manifest `study prepare` wrote); read
+    once per process and data version."""
     d = data_dir(cfg)
-    splits = {name: read_split(d, name) for name in SPLITS}
     manifest = read_json(d / "split.json", "split manifest", "run `study prepare` first")
-    return splits, {k: v["sha256"] for k, v in manifest["splits"].items()}
+    hashes = {k: v["sha256"] for k, v in manifest["splits"].items()}
+    memo = (str(d), "|".join(f"{k}={hashes[k]}" for k in sorted(hashes)))
+    if memo not in _SPLITS:
+        _SPLITS[memo] = ({name: read_split(d, name) for name in SPLITS}, hashes)
+    return _SPLITS[memo]
+
+
+def data_windows(cfg: Config, tokenizer) -> tuple[dict[str, list[dict]], dict[str, str], Windows]:
+    """Splits, their hashes and their windows for `tokenizer`: the work that depends only on
+    the data version, done once (see study.windows)."""
+    splits, hashes = load_splits(cfg)
+    return splits, hashes, load_windows(windows_root(cfg), splits, hashes, tokenizer,
+                                        cfg.data.max_length, cfg.data.doc_stride)
 
 
 def device(cfg: Config) -> str:
@@ -61,7 +82,6 @@ def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: 
         learning_rate=spec.learning_rate, num_train_epochs=spec.epochs, max_steps=spec.max_steps,
         per_device_train_batch_size=spec.batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size, weight_decay=spec.weight_decay,
-        warmup_steps=int(spec.warmup_ratio * steps_per_epoch * spec.epochs),
         lr_scheduler_type=spec.lr_scheduler,
         eval_strategy="steps" if (has_eval and spec.evals_per_epoch) else "no",
         eval_steps=every, logging_steps=max(1, min(every, steps_per_epoch // 4 or 1)),
@@ -70,9 +90,18 @@ def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: 
         # The distillation trainer needs feature_index and token_type_ids for the teacher.
         remove_unused_columns=not distilling, disable_tqdm=False,
     )
+    kwargs.update(warmup_args(spec.warmup_ratio))
     if spec.group_by_length:
         kwargs.update(group_by_length_args())
     return TrainingArguments(**kwargs)
+
+
+def warmup_args(ratio: float) -> dict[str, Any]:
+    """The Trainer's own warm-up, a share of the steps it will actually train (max_steps
+    included); transformers >= 5 takes the ratio as a float warmup_steps."""
+    if "warmup_ratio" in inspect.signature(TrainingArguments.__init__).parameters:
+        return {"warmup_ratio": ratio}
+    return {"warmup_steps": float(ratio)}
 
 
 def group_by_length_args() -> dict[str, Any]:
@@ -90,77 +119,112 @@ def _post_process(cfg: Config):
     return run
 
 
-def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: dict[str, list[dict]],
-        out_dir: Path, handle: RunHandle | None, seed: int | None = None,
-        distill: DistillConfig | None = None, teacher=None, teacher_dir: Path | None = None,
-        callbacks: Sequence = (), train: bool = True, save: bool = True) -> dict[str, Any]:
+@dataclass
+class Fitted:
+    """A trained (or scored) model's metrics document and its answers, id -> text, per split."""
+    doc: dict[str, Any]
+    predictions: dict[str, dict[str, str]]
+
+
+def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, windows: Windows,
+                 out_dir: Path, seed: int, distill: DistillConfig | None, teacher,
+                 teacher_dir: Path | None) -> tuple[QuestionAnsweringTrainer, float]:
+    """The Trainer for one training, and the seconds spent on the teacher-logit cache."""
+    collator = DataCollatorWithPadding(tokenizer)
+    args = training_arguments(cfg, spec, out_dir, len(windows.train), seed, has_eval=True,
+                              distilling=distill is not None)
+    common = dict(model=model, args=args, train_dataset=windows.train,
+                  eval_dataset=windows.tune, eval_examples=splits["tune"], data_collator=collator,
+                  post_process_function=_post_process(cfg), processing_class=tokenizer)
+    if distill is None:
+        return QuestionAnsweringTrainer(**common), 0.0
+    logits, t0 = None, time.time()
+    if distill.alpha_ce > 0 and distill.teacher_logits == "cache":
+        d = cfg.data
+        logits = build_or_load(teacher, teacher_dir, tokenizer, windows.train, collator,
+                               root=cfg.artifacts / "teacher_cache", max_length=d.max_length,
+                               doc_stride=d.doc_stride, batch_size=cfg.eval.batch_size,
+                               device=args.device, dtype=distill.cache_dtype,
+                               features_key=windows.key)
+    live = teacher() if (logits is None and distill.alpha_ce > 0) else None
+    trainer = DistillationTrainer(
+        **common, teacher=live, teacher_logits=logits, temperature=distill.temperature,
+        alpha_ce=distill.alpha_ce, alpha_squad=distill.alpha_squad)
+    return trainer, time.time() - t0
+
+
+def score(cfg: Config, model, tokenizer, splits: dict[str, list[dict]], windows: Windows,
+          names: Sequence[str] = ("tune", "dev")) -> tuple[dict[str, dict], dict[str, dict]]:
+    """EM/F1 and answers per split, from the predictor users get (study predict, the served
+    model), on the windows already made for this data version."""
+    answerer = QuestionAnswerer(model, tokenizer, QASettings.from_config(cfg))
+    scores, predictions = {}, {}
+    for name in names:
+        spans = answerer.answer_records(splits[name], features=windows.eval_columns(name))
+        predictions[name] = {qid: span.text for qid, span in spans.items()}
+        scores[name] = squad_metrics(predictions[name], references(splits[name]))
+    return scores, predictions
+
+
+def _history(trainer) -> tuple[list[dict], list[dict]]:
+    log = trainer.state.log_history
+    curve = [{"step": e["step"], "tune_exact_match": e["eval_exact_match"], "tune_f1": e["eval_f1"]}
+             for e in log if "eval_f1" in e]
+    return curve, [{"step": e["step"], "loss": e["loss"]} for e in log if "loss" in e]
+
+
+def _record(out_dir: Path, handle: RunHandle | None, fitted: Fitted, model, tokenizer,
+            save: bool) -> None:
+    """The run's files (metrics, predictions, model) and their MLflow copies."""
+    doc = fitted.doc
+    for name, texts in fitted.predictions.items():
+        write_json(out_dir / f"predictions_{name}.json", texts)
+    if save:
+        save_model(model, tokenizer, out_dir / "model")
+    write_json(out_dir / "metrics.json", doc)
+    if handle is None:
+        return
+    final = {f"{split}_{k}": v for split in ("tune", "dev") for k, v in doc[split].items()}
+    final.update(train_seconds=doc["train_seconds"], parameters=doc["parameters"])
+    handle.log_metrics(final, step=doc["steps"])
+    for name in ("metrics.json", "predictions_tune.json", "predictions_dev.json"):
+        handle.log_artifact(out_dir / name)
+
+
+def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: Path,
+        handle: RunHandle | None, seed: int | None = None, distill: DistillConfig | None = None,
+        teacher=None, teacher_dir: Path | None = None, callbacks: Sequence = (),
+        train: bool = True, save: bool = True) -> Fitted:
     """Train (unless train=False), score tune and dev, write predictions/metrics/model into
-    out_dir, and log them to `handle`. Returns the metrics document."""
+    out_dir, and log them to `handle`. `teacher` is a zero-argument function returning the
+    teacher model, called only when the teacher must run (live logits or a cache miss)."""
     apply_runtime(cfg)
     seed = cfg.seed if seed is None else seed
     started = time.time()
-    d = cfg.data
-    train_feats = build_train_features(splits["train"], tokenizer, d.max_length, d.doc_stride)
-    tune_feats = build_eval_features(splits["tune"], tokenizer, d.max_length, d.doc_stride)
-    collator = DataCollatorWithPadding(tokenizer)
-    args = training_arguments(cfg, spec, out_dir, len(train_feats), seed, has_eval=True,
-                              distilling=distill is not None)
-    common = dict(model=model, args=args, train_dataset=train_feats, eval_dataset=tune_feats,
-                  eval_examples=splits["tune"], data_collator=collator,
-                  post_process_function=_post_process(cfg), processing_class=tokenizer)
-    cache_seconds = 0.0
-    if distill is None:
-        trainer = QuestionAnsweringTrainer(**common)
-    else:
-        logits = None
-        if distill.alpha_ce > 0 and distill.teacher_logits == "cache":
-            t0 = time.time()
-            logits = build_or_load(teacher, teacher_dir, tokenizer, train_feats, collator,
-                                   root=cfg.artifacts / "teacher_cache", max_length=d.max_length,
-                                   doc_stride=d.doc_stride, batch_size=cfg.eval.batch_size,
-                                   device=args.device, dtype=distill.cache_dtype)
-            cache_seconds = time.time() - t0
-        trainer = DistillationTrainer(
-            **common, teacher=teacher if (logits is None and distill.alpha_ce > 0) else None,
-            teacher_logits=logits, temperature=distill.temperature, alpha_ce=distill.alpha_ce,
-            alpha_squad=distill.alpha_squad)
+    splits, _, windows = data_windows(cfg, tokenizer)
+    trainer, cache_seconds = make_trainer(
+        cfg, model=model, tokenizer=tokenizer, spec=spec, splits=splits, windows=windows,
+        out_dir=out_dir, seed=seed, distill=distill, teacher=teacher, teacher_dir=teacher_dir)
     if handle is not None:
         trainer.add_callback(MlflowLogCallback(handle, trainer))
     for cb in callbacks:
         trainer.add_callback(cb)
-
-    train_seconds = 0.0
+    t0 = time.time()
     if train:
-        t0 = time.time()
         trainer.train()
-        train_seconds = time.time() - t0
-    # Final scores come from the predictor users get (study predict, the served model).
-    answerer = QuestionAnswerer(trainer.model, tokenizer, QASettings.from_config(cfg))
-    scores: dict[str, dict[str, float]] = {}
-    for name in ("tune", "dev"):
-        texts = {qid: span.text for qid, span in answerer.answer_records(splits[name]).items()}
-        scores[name] = squad_metrics(texts, references(splits[name]))
-        write_json(out_dir / f"predictions_{name}.json", texts)
-    curve = [{"step": e["step"], "tune_exact_match": e["eval_exact_match"], "tune_f1": e["eval_f1"]}
-             for e in trainer.state.log_history if "eval_f1" in e]
-    losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+    train_seconds = time.time() - t0 if train else 0.0
+    scores, predictions = score(cfg, trainer.model, tokenizer, splits, windows)
+    curve, losses = _history(trainer)
     doc = {
         "role": role, "profile": cfg.profile, "seed": seed,
         "tune": scores["tune"], "dev": scores["dev"], "curve": curve, "train_loss": losses,
-        "train_windows": len(train_feats), "steps": trainer.state.global_step,
+        "train_windows": len(windows.train), "steps": trainer.state.global_step,
         "parameters": parameter_count(model), "train_seconds": round(train_seconds, 2),
         "teacher_cache_seconds": round(cache_seconds, 2),
         "wall_seconds": round(time.time() - started, 2),
         "distill": distill.model_dump() if distill else None,
         "mlflow_run_id": handle.run_id if handle else None,
     }
-    if save:
-        save_model(trainer.model, tokenizer, out_dir / "model")
-    write_json(out_dir / "metrics.json", doc)
-    if handle is not None:
-        final = {f"{split}_{k}": v for split, m in scores.items() for k, v in m.items()}
-        final.update(train_seconds=train_seconds, parameters=doc["parameters"])
-        handle.log_metrics(final, step=trainer.state.global_step)
-        for name in ("metrics.json", "predictions_tune.json", "predictions_dev.json"):
-            handle.log_artifact(out_dir / name)
-    return doc
+    fitted = Fitted(doc, predictions)
+    _record(out_dir, handle, fitted, trainer.model, tokenizer, save)
+    return fitted

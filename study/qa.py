@@ -96,9 +96,11 @@ class QuestionAnswerer:
 
     # ----------------------------------------------------------------- entry points
     def answer_records(self, records: Sequence[dict], batch_size: int | None = None,
-                       progress: bool = False) -> dict[str, Span]:
-        """id -> best Span, for records with `id`, `question` and `context`."""
-        features = self.windows(records)
+                       progress: bool = False, features: dict[str, list] | None = None
+                       ) -> dict[str, Span]:
+        """id -> best Span, for records with `id`, `question` and `context`. `features`: their
+        windows when already made with these settings (study.windows), else made here."""
+        features = self.windows(records) if features is None else features
         starts, ends = self.window_logits(features, batch_size, progress)
         return self.spans(records, features, starts, ends)
 

@@ -180,7 +180,7 @@ class Objective:
         self.out_root = out_root or output_dir(cfg) / "trials"
         self.callbacks = tuple(callbacks)  # more Trainer callbacks for every trial
         self.splits, self.hashes = load_splits(cfg)
-        teacher_stage.load_trained(cfg)  # fail early, before any trial, if there is none
+        teacher_stage.trained_folder(cfg)  # fail early, before any trial, if there is none
 
     def __call__(self, trial: optuna.Trial) -> float:
         from study.distill import distill_student
@@ -208,7 +208,7 @@ class Objective:
             doc = distill_student(
                 tcfg, out, cfg.seed, f"trial-{trial.number}", role="trial",
                 callbacks=[PruningCallback(trial), NanGuard(), *self.callbacks],
-                save=cfg.search.keep_weights, handle=handle)
+                save=cfg.search.keep_weights, handle=handle).doc
         except optuna.TrialPruned as exc:
             handle.set_tags({"optuna_state": "PRUNED", "prune_reason": str(exc)})
             self.tracker.end(handle, "FINISHED")

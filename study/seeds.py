@@ -8,7 +8,6 @@ difference over the same dev questions.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -71,18 +70,19 @@ def arms(cfg: Config, best: optuna.trial.FrozenTrial) -> dict[str, dict | None]:
 
 
 def train_arm(cfg: Config, arm: str, params: dict | None, seed: int, tags: dict) -> tuple[dict, dict]:
-    """Train one arm with one seed; its metrics document and dev predictions."""
+    """Train one arm with one seed; its metrics document and dev predictions. No evaluation
+    during training: nothing here reads a learning curve or prunes."""
+    cfg = cfg.replace(student={"train": {"evals_per_epoch": 0}})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         name = f"seed-{seed}-{arm}"
         if params is None:
-            doc = train_baseline(cfg, out, seed, name, tags=tags, save=False)
+            fitted = train_baseline(cfg, out, seed, name, tags=tags, save=False)
         else:
             tcfg = search_stage.trial_config(cfg, params)
-            doc = distill_student(tcfg, out, seed, name, role=f"seed-{arm}", tags=tags,
-                                  save=False)
-        preds = json.loads((out / "predictions_dev.json").read_text())
-    return doc, preds
+            fitted = distill_student(tcfg, out, seed, name, role=f"seed-{arm}", tags=tags,
+                                     save=False)
+    return fitted.doc, fitted.predictions["dev"]
 
 
 def run(cfg: Config) -> dict:

@@ -18,12 +18,27 @@ def output_dir(cfg: Config) -> Path:
     return cfg.artifacts / "teacher"
 
 
-def load_trained(cfg: Config):
-    """(model, tokenizer, folder) of the teacher the `teacher` stage produced."""
+_LOADED: dict[tuple, tuple] = {}
+
+
+def trained_folder(cfg: Config) -> Path:
+    """The folder of the teacher the `teacher` stage produced."""
     folder = output_dir(cfg) / "model"
     if not folder.exists():
         raise StudyError(f"no trained teacher at {folder}: run `study teacher` first")
-    return load_qa_model(str(folder), require_head=True), load_tokenizer(str(folder)), folder
+    return folder
+
+
+def load_trained(cfg: Config):
+    """(model, tokenizer, folder) of the trained teacher, loaded once per process while its
+    files are unchanged: every trial of a search shares it (it is frozen, in eval mode)."""
+    folder = trained_folder(cfg)
+    memo = tuple((str(f), f.stat().st_mtime_ns) for f in sorted(folder.glob("*.safetensors")))
+    if memo not in _LOADED:
+        _LOADED.clear()  # one teacher in memory at a time
+        _LOADED[memo] = (load_qa_model(str(folder), require_head=True), load_tokenizer(str(folder)))
+    model, tokenizer = _LOADED[memo]
+    return model, tokenizer, folder
 
 
 def run(cfg: Config) -> dict:
@@ -40,7 +55,7 @@ def run(cfg: Config) -> dict:
             tracker.run("teacher", "teacher", params=params, split_hashes=hashes) as handle:
         handle.log_dict(cfg.to_dict(), "config.json")
         doc = fit(cfg, role="teacher", model=model, tokenizer=tokenizer, spec=t.train,
-                  splits=splits, out_dir=out, handle=handle, train=not t.checkpoint)
+                  out_dir=out, handle=handle, train=not t.checkpoint).doc
     print(f"teacher: tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "
           f"{doc['dev']['exact_match']:.2f}/{doc['dev']['f1']:.2f}")
     return doc

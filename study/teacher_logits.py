@@ -23,25 +23,46 @@ from study.data import features_hash
 from study.modeling import model_inputs
 
 
-def weights_hash(model_dir: Path | None, model: torch.nn.Module) -> str:
-    """Hash of the teacher's safetensors files, or of its tensors when it has no folder."""
-    h = hashlib.sha256()
+_WEIGHTS: dict[tuple, str] = {}
+
+
+def _materialise(teacher):
+    """The teacher model, from a model or from a zero-argument loader."""
+    return teacher if isinstance(teacher, torch.nn.Module) else teacher()
+
+
+def weights_hash(model_dir: Path | None, teacher) -> str:
+    """Hash of the teacher's safetensors files (once per process while they are unchanged:
+    440 MB for BERT-base), or of its tensors when it has no folder."""
     files = sorted(Path(model_dir).glob("*.safetensors")) if model_dir else []
     if files:
-        for f in files:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-    else:
-        for name, tensor in sorted(model.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().float().numpy().tobytes())
+        memo = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        if memo not in _WEIGHTS:
+            _WEIGHTS[memo] = _hash_files(files)
+        return _WEIGHTS[memo]
+    h = hashlib.sha256()
+    for name, tensor in sorted(_materialise(teacher).state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().float().numpy().tobytes())
     return h.hexdigest()
 
 
-def cache_key(weights: str, tokenizer, max_length: int, doc_stride: int, features) -> str:
+def _hash_files(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(weights: str, tokenizer, max_length: int, doc_stride: int, features,
+              features_key: str | None = None) -> str:
+    """`features_key` names the windows when the caller knows them (study.windows' key, a hash
+    of what made them) and saves hashing every window's ids."""
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
-    parts = [weights, vocab, str(max_length), str(doc_stride), features_hash(features)]
+    parts = [weights, vocab, str(max_length), str(doc_stride),
+             features_key or features_hash(features)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -90,8 +111,10 @@ def compute_logits(teacher, features, collator, batch_size: int, device, max_len
 
 def build_or_load(teacher, teacher_dir: Path | None, tokenizer, features, collator, *, root: Path,
                   max_length: int, doc_stride: int, batch_size: int, device,
-                  dtype: str = "float16") -> TeacherLogitCache:
-    key = cache_key(weights_hash(teacher_dir, teacher), tokenizer, max_length, doc_stride, features)
+                  dtype: str = "float16", features_key: str | None = None) -> TeacherLogitCache:
+    """`teacher`: the model, or a zero-argument function loading it (called on a miss only)."""
+    key = cache_key(weights_hash(teacher_dir, teacher), tokenizer, max_length, doc_stride,
+                    features, features_key)
     directory = Path(root) / f"{key}-{dtype}"
     if (directory / "meta.json").exists():
         return TeacherLogitCache(directory)
@@ -100,7 +123,7 @@ def build_or_load(teacher, teacher_dir: Path | None, tokenizer, features, collat
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
-        compute_logits(teacher, features, collator, batch_size, device, max_length, dtype, tmp)
+        compute_logits(_materialise(teacher), features, collator, batch_size, device, max_length, dtype, tmp)
         (tmp / "meta.json").write_text(json.dumps({
             "key": key, "windows": len(features), "max_length": max_length,
             "doc_stride": doc_stride, "dtype": dtype,

@@ -1,0 +1,85 @@
+"""Windows are made once per data version: in memory for the process, on disk for the next one;
+and the Trainer's own warm-up counts the steps it really trains."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from study import data, windows
+from study.config import TrainSpec
+from study.data import build_eval_features, build_train_features
+
+MAX_LEN, STRIDE = 128, 64
+
+
+@pytest.fixture
+def splits(xquad_records):
+    return {"train": xquad_records[:16], "tune": xquad_records[600:606],
+            "dev": xquad_records[900:906]}
+
+
+HASHES = {"train": "a" * 64, "tune": "b" * 64, "dev": "c" * 64}
+
+
+@pytest.fixture(autouse=True)
+def _cold():
+    windows.forget()
+    yield
+    windows.forget()
+
+
+def _no_tokenising(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("windows were tokenised again")
+    monkeypatch.setattr(data, "build_train_features", refuse)
+    monkeypatch.setattr(data, "build_eval_features", refuse)
+
+
+def test_windows_equal_freshly_made_ones(tmp_path, splits, tokenizer):
+    w = windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE)
+    assert w.train.to_dict() == build_train_features(splits["train"], tokenizer, MAX_LEN,
+                                                      STRIDE).to_dict()
+    for name in ("tune", "dev"):
+        fresh = build_eval_features(splits[name], tokenizer, MAX_LEN, STRIDE).to_dict()
+        assert w.eval_columns(name) == fresh
+    assert len(w.train) > len(splits["train"])  # long contexts give several windows
+
+
+def test_second_use_in_a_process_and_a_new_process_do_not_tokenise(tmp_path, splits, tokenizer,
+                                                                    monkeypatch):
+    first = windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE)
+    _no_tokenising(monkeypatch)
+    assert windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE) is first
+    windows.forget()  # what a second worker or a resumed study sees: only the disk
+    again = windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE)
+    assert again is not first and again.key == first.key
+    assert again.train.to_dict() == first.train.to_dict()
+    assert [p.name for p in tmp_path.iterdir()] == [first.key]  # no scratch folder left
+
+
+def test_key_follows_everything_that_changes_windows(splits, tokenizer, distil_tokenizer):
+    key = windows.windows_key(HASHES, tokenizer, MAX_LEN, STRIDE)
+    assert key == windows.windows_key(dict(HASHES), tokenizer, MAX_LEN, STRIDE)
+    others = {
+        windows.windows_key({**HASHES, "dev": "d" * 64}, tokenizer, MAX_LEN, STRIDE),
+        windows.windows_key(HASHES, tokenizer, MAX_LEN + 64, STRIDE),
+        windows.windows_key(HASHES, tokenizer, MAX_LEN, STRIDE + 32),
+        # Same vocabulary, but the DistilBERT tokenizer emits no token_type_ids.
+        windows.windows_key(HASHES, distil_tokenizer, MAX_LEN, STRIDE),
+    }
+    assert key not in others and len(others) == 4
+
+
+@pytest.mark.parametrize("max_steps", [-1, 7])
+def test_warmup_is_a_share_of_the_steps_trained(tmp_path, max_steps):
+    from study.config import load_config
+    from study.fit import training_arguments
+
+    cfg = load_config(None, "smoke")
+    spec = TrainSpec(epochs=3, batch_size=8, warmup_ratio=0.25, max_steps=max_steps)
+    args = training_arguments(cfg, spec, tmp_path, n_features=80, seed=1, has_eval=False,
+                              distilling=False)
+    total = max_steps if max_steps > 0 else 3 * math.ceil(80 / 8)
+    assert args.get_warmup_steps(total) == math.ceil(0.25 * total)
