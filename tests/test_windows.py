@@ -83,3 +83,30 @@ def test_warmup_is_a_share_of_the_steps_trained(tmp_path, max_steps):
                               distilling=False)
     total = max_steps if max_steps > 0 else 3 * math.ceil(80 / 8)
     assert args.get_warmup_steps(total) == math.ceil(0.25 * total)
+
+
+def test_fixed_cost_bench_tokenises_once_per_data_version(tmp_path, monkeypatch, tokenizer):
+    """The benchmark's `after` path: the first trial makes the windows, a later trial in the same
+    process and a trial of another process reuse them (counted, not timed)."""
+    from conftest import make_tiny_bert_qa
+
+    from study import bench
+    from study.config import load_config
+    from study.modeling import save_model
+
+    calls = []
+    real = data.build_train_features
+    monkeypatch.setattr(data, "build_train_features",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(bench, "PAPER_QUESTIONS", {"train": 30, "tune": 8, "dev": 8})
+    monkeypatch.setattr(bench, "_bert_base_teacher", lambda folder: save_model(
+        make_tiny_bert_qa(tokenizer.vocab_size), tokenizer, folder))
+    cfg = load_config(None, "smoke", [f"runtime.reports={tmp_path}"])
+    doc = bench.fixed_cost(cfg)["fixed_cost"]
+    assert len(calls) == 2  # once for `before`, once for the first trial `after`
+    assert set(doc["after_seconds"]) == {"first_trial_of_the_data_version",
+                                         "later_trial_same_process",
+                                         "first_trial_of_another_process"}
+    assert set(doc["before_seconds_every_trial"]) == {"windows", "teacher_load", "cache_key",
+                                                      "tokenisation_check"}
+    assert (tmp_path / "bench.json").exists()
