@@ -343,3 +343,12 @@ def test_findings_from_a_two_arm_file_and_without_seeds(tmp_path):
     (folder / "seeds.json").unlink()
     md = render_markdown(load_inputs(folder))
     assert "Not answered yet: `study seeds` has not run" in md
+
+
+def test_report_says_where_each_curve_ends(tmp_path):
+    folder = record_study(tmp_path / "reports")
+    build_report(folder)
+    md = (folder / "report.md").read_text()
+    # Half-way through 150 steps is the evaluation nearest step 75: step 50 or 100 (tie -> first).
+    assert "- baseline: 20.1 half-way (step 50), 37.5 at the end (step 150); highest 37.5 at step 150" in md
+    assert "- distilled: 22.8 half-way (step 50), 41.3 at the end (step 150); highest 41.3 at step 150" in md

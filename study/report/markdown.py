@@ -167,6 +167,20 @@ def environment_table(inp: Inputs) -> str:
     return table(["Item", "Value"], rows)
 
 
+def curve_ends(inp: Inputs) -> list[str]:
+    """Where each curve ends up: tune F1 half-way through training, at the end, and its peak,
+    so a reader can tell a flattened curve from one still climbing."""
+    lines = []
+    for role, c in inp.curves.groupby("role", sort=True):
+        c = c.sort_values("step")
+        last, peak = c.iloc[-1], c.loc[c["tune_f1"].idxmax()]
+        half = c.iloc[(c["step"] - last["step"] / 2).abs().argmin()]
+        lines.append(f"{role}: {half['tune_f1']:.1f} half-way (step {int(half['step'])}), "
+                     f"{last['tune_f1']:.1f} at the end (step {int(last['step'])}); "
+                     f"highest {peak['tune_f1']:.1f} at step {int(peak['step'])}")
+    return lines
+
+
 # ---------------------------------------------------------------------------- rendering
 def context(inp: Inputs) -> dict[str, Any]:
     m, search = inp.metrics, inp.metrics.search
@@ -200,6 +214,7 @@ def context(inp: Inputs) -> dict[str, Any]:
         "importances_table": None if inp.importances is None else table(
             ["Parameter", "Importance"], [[k, f"{v:.3f}"] for k, v in imp]),
         "trials_table": trials_table(inp), "cost_table": cost_table(inp),
+        "curve_ends": curve_ends(inp),
         "runs_table": runs_table(inp), "environment_table": environment_table(inp),
     }
 
