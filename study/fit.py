@@ -17,6 +17,7 @@ from study.teacher_logits import build_or_load
 from study.config import Config, DistillConfig, TrainSpec
 from study.data import SPLITS, build_eval_features, build_train_features, read_split, references
 from study.files import read_json, write_json
+from study.layout import Layout, StageDir
 from study.metric import squad_metrics
 from study.modeling import parameter_count, save_model
 from study.postprocess import postprocess_predictions
@@ -25,15 +26,11 @@ from study.tracking import MlflowLogCallback, RunHandle
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
 
 
-def data_dir(cfg: Config) -> Path:
-    return cfg.artifacts / "data"
-
-
 def load_splits(cfg: Config) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """The prepared splits and their hashes (from the manifest `study prepare` wrote)."""
-    d = data_dir(cfg)
+    d = Layout.of(cfg).data
     splits = {name: read_split(d, name) for name in SPLITS}
-    manifest = read_json(d / "split.json", "split manifest", "run `study prepare` first")
+    manifest = read_json(d.manifest, "split manifest", "run `study prepare` first")
     return splits, {k: v["sha256"] for k, v in manifest["splits"].items()}
 
 
@@ -97,6 +94,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: di
     """Train (unless train=False), score tune and dev, write predictions/metrics/model into
     out_dir, and log them to `handle`. Returns the metrics document."""
     apply_runtime(cfg)
+    folder = StageDir(out_dir)
     seed = cfg.seed if seed is None else seed
     started = time.time()
     d = cfg.data
@@ -116,7 +114,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: di
         if distill.alpha_ce > 0 and distill.teacher_logits == "cache":
             t0 = time.time()
             logits = build_or_load(teacher, teacher_dir, tokenizer, train_feats, collator,
-                                   root=cfg.artifacts / "teacher_cache", max_length=d.max_length,
+                                   root=Layout.of(cfg).teacher_cache, max_length=d.max_length,
                                    doc_stride=d.doc_stride, batch_size=cfg.eval.batch_size,
                                    device=args.device, dtype=distill.cache_dtype)
             cache_seconds = time.time() - t0
@@ -140,7 +138,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: di
     for name in ("tune", "dev"):
         texts = {qid: span.text for qid, span in answerer.answer_records(splits[name]).items()}
         scores[name] = squad_metrics(texts, references(splits[name]))
-        write_json(out_dir / f"predictions_{name}.json", texts)
+        write_json(folder.predictions(name), texts)
     curve = [{"step": e["step"], "tune_exact_match": e["eval_exact_match"], "tune_f1": e["eval_f1"]}
              for e in trainer.state.log_history if "eval_f1" in e]
     losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
@@ -155,12 +153,12 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: di
         "mlflow_run_id": handle.run_id if handle else None,
     }
     if save:
-        save_model(trainer.model, tokenizer, out_dir / "model")
-    write_json(out_dir / "metrics.json", doc)
+        save_model(trainer.model, tokenizer, folder.model)
+    write_json(folder.metrics, doc)
     if handle is not None:
         final = {f"{split}_{k}": v for split, m in scores.items() for k, v in m.items()}
         final.update(train_seconds=train_seconds, parameters=doc["parameters"])
         handle.log_metrics(final, step=trainer.state.global_step)
-        for name in ("metrics.json", "predictions_tune.json", "predictions_dev.json"):
-            handle.log_artifact(out_dir / name)
+        for path in (folder.metrics, folder.predictions("tune"), folder.predictions("dev")):
+            handle.log_artifact(path)
     return doc

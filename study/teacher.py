@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import transformers
 
 from study.config import Config
 from study.errors import StudyError
 from study.files import staged_dir
+from study.layout import Layout
 from study.modeling import load_qa_model, load_tokenizer
 from study.tracking import Tracker
 from study.fit import fit, load_splits
 
 
-def output_dir(cfg: Config) -> Path:
-    return cfg.artifacts / "teacher"
-
-
 def load_trained(cfg: Config):
     """(model, tokenizer, folder) of the teacher the `teacher` stage produced."""
-    folder = output_dir(cfg) / "model"
+    folder = Layout.of(cfg).teacher.model
     if not folder.exists():
         raise StudyError(f"no trained teacher at {folder}: run `study teacher` first")
     return load_qa_model(str(folder), require_head=True), load_tokenizer(str(folder)), folder
@@ -36,7 +31,7 @@ def run(cfg: Config) -> dict:
     tracker = Tracker(cfg)
     params = {"model": ref, "seed": cfg.seed, "profile": cfg.profile, "trained": not t.checkpoint,
               **{f"train.{k}": v for k, v in t.train.__dict__.items()}}
-    with staged_dir(output_dir(cfg)) as out, \
+    with staged_dir(Layout.of(cfg).teacher.root) as out, \
             tracker.run("teacher", "teacher", params=params, split_hashes=hashes) as handle:
         handle.log_dict(cfg.to_dict(), "config.json")
         doc = fit(cfg, role="teacher", model=model, tokenizer=tokenizer, spec=t.train,
