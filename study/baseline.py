@@ -6,13 +6,10 @@ from pathlib import Path
 
 from study.config import Config
 from study.files import staged_dir
+from study.layout import Layout
 from study.modeling import build_student
 from study.tracking import Tracker
 from study.fit import Fitted, fit, load_splits
-
-
-def output_dir(cfg: Config) -> Path:
-    return cfg.artifacts / "baseline"
 
 
 def student_params(cfg: Config, seed: int) -> dict:
@@ -36,7 +33,7 @@ def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: d
 
 
 def run(cfg: Config) -> dict:
-    with staged_dir(output_dir(cfg)) as out:
+    with staged_dir(Layout.of(cfg).baseline.root) as out:
         doc = train_baseline(cfg, out, cfg.seed, "baseline").doc
     print(f"baseline: tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "
           f"{doc['dev']['exact_match']:.2f}/{doc['dev']['f1']:.2f}")

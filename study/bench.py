@@ -24,6 +24,7 @@ from study.teacher_logits import build_or_load
 from study.config import Config
 from study.data import build_train_features
 from study.files import read_json, write_json
+from study.layout import Layout, SearchDir
 from study.modeling import build_student
 from study.tracking import Tracker, device_name, git_state, package_versions
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer
@@ -89,7 +90,7 @@ def run(cfg: Config, steps: int | None = None) -> dict:
 
 def update_bench(cfg: Config, section: dict) -> None:
     """Merge into reports/bench.json, keeping what the other benchmark wrote."""
-    path = cfg.reports / "bench.json"
+    path = Layout.of(cfg).reports.bench
     doc = read_json(path, "benchmark file", "") if path.exists() else {}
     doc.update(section)
     write_json(path, doc)
@@ -110,7 +111,7 @@ def _search_once(cfg: Config, pruner: str, n_configs: int, out_root: Path) -> di
     with tracker.run(study.study_name, "bench", params={"pruner": pruner,
                                                         "n_configs": n_configs}) as parent:
         objective = search.Objective(pcfg, tracker, parent.run_id, study.study_name,
-                                     out_root=out_root / pruner)
+                                     folder=SearchDir(out_root / pruner))
         study.optimize(objective, n_trials=n_configs, catch=(Exception,))
     wall = time.perf_counter() - t0
     rounds = search.evaluation_rounds(pcfg)

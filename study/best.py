@@ -15,23 +15,18 @@ from pathlib import Path
 
 import optuna
 
-from study import baseline as baseline_stage
 from study import dvc_metrics
 from study import search as search_stage
-from study import teacher as teacher_stage
 from study.config import Config
 from study.distill import distill_student
 from study.errors import StudyError
 from study.files import read_json, staged_dir, write_json
+from study.layout import Layout, StageDir
 from study.modeling import parameter_count
 from study.qa import QASettings, QuestionAnswerer
 from study.serving import register_champion
 from study.tracking import RunHandle, Tracker, device_name, git_state, package_versions
 from study.fit import apply_runtime, device, load_splits
-
-
-def output_dir(cfg: Config) -> Path:
-    return cfg.artifacts / "best"
 
 
 def latency_ms(answerer: QuestionAnswerer, records: list[dict], questions: int = 48) -> dict:
@@ -86,29 +81,30 @@ def run(cfg: Config) -> dict:
     tcfg = search_stage.trial_config(cfg, params)
     tracker = Tracker(cfg)
     parent = study.user_attrs.get(search_stage.PARENT_ATTR)
-    teacher_doc = read_json(teacher_stage.output_dir(cfg) / "metrics.json", "teacher metrics",
-                            "run `study teacher` first")
-    baseline_doc = read_json(baseline_stage.output_dir(cfg) / "metrics.json", "baseline metrics",
+    layout = Layout.of(cfg)
+    teacher_doc = read_json(layout.teacher.metrics, "teacher metrics", "run `study teacher` first")
+    baseline_doc = read_json(layout.baseline.metrics, "baseline metrics",
                              "run `study baseline` first")
-    kept = search_stage.output_dir(cfg) / "trials" / str(best.number)
+    kept = layout.search.trial(best.number)
     splits, hashes = load_splits(cfg)
-    with staged_dir(output_dir(cfg)) as out:
+    with staged_dir(layout.best.root) as staging:
+        out = StageDir(staging)
         handle = tracker.start(f"best-trial-{best.number}", "best",
                                params={**params, "trial_number": best.number, "seed": cfg.seed,
-                                       "weights": "kept" if (kept / "model").exists() else "retrained"},
+                                       "weights": "kept" if kept.model.exists() else "retrained"},
                                tags={"study_name": study.study_name, "source_run_id":
                                      best.user_attrs.get(search_stage.RUN_ATTR, "")},
                                parent_run_id=parent, split_hashes=hashes)
         try:
-            if (kept / "model").exists() and (kept / "metrics.json").exists():
-                for item in kept.iterdir():
-                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / item.name)
-                best_doc = read_json(out / "metrics.json", "trial metrics", "")
+            if kept.model.exists() and kept.metrics.exists():
+                for item in kept.root.iterdir():
+                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
+                best_doc = read_json(out.metrics, "trial metrics", "")
             else:  # weights not kept: re-train from the trial's params and seed (deterministic)
-                best_doc = distill_student(tcfg, out, cfg.seed, f"best-trial-{best.number}",
+                best_doc = distill_student(tcfg, staging, cfg.seed, f"best-trial-{best.number}",
                                            role="best", handle=handle).doc
             best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
-            version = log_registered_model(handle, out / "model", cfg)
+            version = log_registered_model(handle, out.model, cfg)
             handle.set_tags({"registered_model_version": version})
             handle.log_metrics({"dev_f1": best_doc["dev"]["f1"],
                                 "dev_exact_match": best_doc["dev"]["exact_match"],
@@ -121,9 +117,8 @@ def run(cfg: Config) -> dict:
 
     models = {}
     dev = splits["dev"]
-    for role, folder in (("teacher", teacher_stage.output_dir(cfg) / "model"),
-                         ("baseline", baseline_stage.output_dir(cfg) / "model"),
-                         ("distilled", output_dir(cfg) / "model")):
+    for role, folder in (("teacher", layout.teacher.model), ("baseline", layout.baseline.model),
+                         ("distilled", layout.best.model)):
         qa = QuestionAnswerer.from_pretrained(str(folder), QASettings.from_config(cfg),
                                               device=device(cfg))
         m = qa.model
@@ -133,7 +128,7 @@ def run(cfg: Config) -> dict:
                    f"({mt}, {nl} layers)" for role, (_, _, mt, nl) in models.items()}
     if cfg.teacher.init == "embedded":
         names["teacher"] = f"MiniLM-L6-H384 fine-tuned ({models['teacher'][2]}, {models['teacher'][3]} layers)"
-    manifest = read_json(cfg.artifacts / "data" / "split.json", "split manifest", "run `study prepare` first")
+    manifest = read_json(layout.data.manifest, "split manifest", "run `study prepare` first")
     metrics = {
         "profile": cfg.profile, "data": describe_data(cfg, manifest),
         "teacher": _model_entry(teacher_doc, names["teacher"], *models["teacher"][:2]),
@@ -145,19 +140,20 @@ def run(cfg: Config) -> dict:
             "name": cfg.tracking.registered_model.format(profile=cfg.profile), "version": version},
         "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
     }
-    cfg.reports.mkdir(parents=True, exist_ok=True)
-    write_json(cfg.reports / "metrics.json", metrics)
-    dvc_metrics.write(cfg.reports, dvc_metrics.of_best(metrics))
+    reports = layout.reports
+    reports.root.mkdir(parents=True, exist_ok=True)
+    write_json(reports.metrics, metrics)
+    dvc_metrics.write(reports, dvc_metrics.of_best(metrics))
     rows = _curve_rows("baseline", baseline_doc) + _curve_rows("distilled", best_doc)
-    with (cfg.reports / "curves.csv").open("w", newline="") as fh:
+    with reports.curves.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["role", "step", "tune_exact_match", "tune_f1"])
         w.writeheader()
         w.writerows(rows)
     # Always written (empty with fewer than two complete trials): a declared output.
-    write_json(cfg.reports / "importances.json", importance(study) or {})
+    write_json(reports.importances, importance(study) or {})
     print(f"best trial {best.number} {params}: tune F1 {best.value:.2f}, dev EM/F1 "
           f"{best_doc['dev']['exact_match']:.2f}/{best_doc['dev']['f1']:.2f}; "
-          f"exported to {output_dir(cfg) / 'model'}, registered as "
+          f"exported to {layout.best.model}, registered as "
           f"{metrics['registered_model']['name']} v{version}")
     return metrics
 

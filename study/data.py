@@ -15,6 +15,7 @@ from typing import Any
 
 from study.config import DataConfig
 from study.errors import StudyError
+from study.layout import DataDir
 
 SPLITS = ("train", "tune", "dev")
 EMBEDDED_DATA = Path(__file__).with_name("data") / "xquad.en.json"
@@ -215,14 +216,14 @@ def build_splits(cfg: DataConfig) -> tuple[dict[str, list[dict]], str]:
     return splits, source
 
 
-def write_splits(splits: dict[str, list[dict]], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_splits(splits: dict[str, list[dict]], folder: DataDir) -> None:
+    folder.root.mkdir(parents=True, exist_ok=True)
     for name, recs in splits.items():
-        (out_dir / f"{name}.json").write_text(json.dumps(to_squad_json(recs), ensure_ascii=False))
+        folder.split(name).write_text(json.dumps(to_squad_json(recs), ensure_ascii=False))
 
 
-def read_split(data_dir: Path, name: str) -> list[dict]:
-    path = data_dir / f"{name}.json"
+def read_split(folder: DataDir, name: str) -> list[dict]:
+    path = folder.split(name)
     if not path.exists():
         raise StudyError(f"split {name!r} not found at {path}: run `study prepare` first")
     return load_squad_file(path)

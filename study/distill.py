@@ -9,13 +9,10 @@ from study.baseline import student_params
 from study.config import Config
 from study.data import check_same_tokenization
 from study.files import staged_dir
+from study.layout import Layout
 from study.modeling import build_student
 from study.tracking import Tracker
 from study.fit import Fitted, fit, load_splits
-
-
-def output_dir(cfg: Config) -> Path:
-    return cfg.artifacts / "distill"
 
 
 def with_overrides(cfg: Config, temperature=None, alpha_ce=None, alpha_squad=None,
@@ -54,7 +51,7 @@ def distill_student(cfg: Config, out_dir: Path, seed: int, run_name: str,
 
 
 def run(cfg: Config) -> dict:
-    with staged_dir(output_dir(cfg)) as out:
+    with staged_dir(Layout.of(cfg).distill.root) as out:
         doc = distill_student(cfg, out, cfg.seed, "distill").doc
     d = cfg.distill
     print(f"distilled (T={d.temperature}, alpha_ce={d.alpha_ce}, alpha_squad={d.alpha_squad}): "

@@ -11,18 +11,14 @@ seeds.json, which are plain outputs, not DVC metrics.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from study.files import write_json
+from study.layout import ReportFiles
 from study.metric import gap_recovered
 
 ROLES = ("teacher", "baseline", "distilled")
 SEED_ARMS = ("baseline", "authors", "distilled")  # those present in seeds.json
-
-
-def metrics_dir(reports: Path) -> Path:
-    return Path(reports) / "metrics"
 
 
 def _round(value: float | None) -> float | None:
@@ -67,6 +63,6 @@ def of_seeds(result: dict) -> dict[str, dict[str, float]]:
     return rows
 
 
-def write(reports: Path, rows: dict[str, dict[str, float]]) -> None:
+def write(reports: ReportFiles, rows: dict[str, dict[str, float]]) -> None:
     for name, row in rows.items():
-        write_json(metrics_dir(reports) / f"{name}.json", row)
+        write_json(reports.metric(name), row)

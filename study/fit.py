@@ -17,6 +17,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 from study.config import Config, DistillConfig, TrainSpec
 from study.data import SPLITS, read_split, references
 from study.files import read_json, write_json
+from study.layout import Layout, StageDir
 from study.metric import squad_metrics
 from study.modeling import parameter_count, save_model
 from study.postprocess import postprocess_predictions
@@ -27,24 +28,16 @@ from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_st
 from study.windows import Windows, load_windows
 
 
-def data_dir(cfg: Config) -> Path:
-    return cfg.artifacts / "data"
-
-
-def windows_root(cfg: Config) -> Path:
-    return cfg.artifacts / "windows"
-
-
 _SPLITS: dict[tuple[str, str], tuple[dict[str, list[dict]], dict[str, str]]] = {}
 
 
 def load_splits(cfg: Config) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """The prepared splits and their hashes (from the manifest `study prepare` wrote); read
     once per process and data version."""
-    d = data_dir(cfg)
-    manifest = read_json(d / "split.json", "split manifest", "run `study prepare` first")
+    d = Layout.of(cfg).data
+    manifest = read_json(d.manifest, "split manifest", "run `study prepare` first")
     hashes = {k: v["sha256"] for k, v in manifest["splits"].items()}
-    memo = (str(d), "|".join(f"{k}={hashes[k]}" for k in sorted(hashes)))
+    memo = (str(d.root), "|".join(f"{k}={hashes[k]}" for k in sorted(hashes)))
     if memo not in _SPLITS:
         _SPLITS[memo] = ({name: read_split(d, name) for name in SPLITS}, hashes)
     return _SPLITS[memo]
@@ -54,7 +47,7 @@ def data_windows(cfg: Config, tokenizer) -> tuple[dict[str, list[dict]], dict[st
     """Splits, their hashes and their windows for `tokenizer`: the work that depends only on
     the data version, done once (see study.windows)."""
     splits, hashes = load_splits(cfg)
-    return splits, hashes, load_windows(windows_root(cfg), splits, hashes, tokenizer,
+    return splits, hashes, load_windows(Layout.of(cfg).windows, splits, hashes, tokenizer,
                                         cfg.data.max_length, cfg.data.doc_stride)
 
 
@@ -142,7 +135,7 @@ def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, wind
     if distill.alpha_ce > 0 and distill.teacher_logits == "cache":
         d = cfg.data
         logits = build_or_load(teacher, teacher_dir, tokenizer, windows.train, collator,
-                               root=cfg.artifacts / "teacher_cache", max_length=d.max_length,
+                               root=Layout.of(cfg).teacher_cache, max_length=d.max_length,
                                doc_stride=d.doc_stride, batch_size=cfg.eval.batch_size,
                                device=args.device, dtype=distill.cache_dtype,
                                features_key=windows.key)
@@ -173,22 +166,22 @@ def _history(trainer) -> tuple[list[dict], list[dict]]:
     return curve, [{"step": e["step"], "loss": e["loss"]} for e in log if "loss" in e]
 
 
-def _record(out_dir: Path, handle: RunHandle | None, fitted: Fitted, model, tokenizer,
+def _record(folder: StageDir, handle: RunHandle | None, fitted: Fitted, model, tokenizer,
             save: bool) -> None:
     """The run's files (metrics, predictions, model) and their MLflow copies."""
     doc = fitted.doc
     for name, texts in fitted.predictions.items():
-        write_json(out_dir / f"predictions_{name}.json", texts)
+        write_json(folder.predictions(name), texts)
     if save:
-        save_model(model, tokenizer, out_dir / "model")
-    write_json(out_dir / "metrics.json", doc)
+        save_model(model, tokenizer, folder.model)
+    write_json(folder.metrics, doc)
     if handle is None:
         return
     final = {f"{split}_{k}": v for split in ("tune", "dev") for k, v in doc[split].items()}
     final.update(train_seconds=doc["train_seconds"], parameters=doc["parameters"])
     handle.log_metrics(final, step=doc["steps"])
-    for name in ("metrics.json", "predictions_tune.json", "predictions_dev.json"):
-        handle.log_artifact(out_dir / name)
+    for path in (folder.metrics, folder.predictions("tune"), folder.predictions("dev")):
+        handle.log_artifact(path)
 
 
 def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: Path,
@@ -199,6 +192,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
     out_dir, and log them to `handle`. `teacher` is a zero-argument function returning the
     teacher model, called only when the teacher must run (live logits or a cache miss)."""
     apply_runtime(cfg)
+    folder = StageDir(out_dir)
     seed = cfg.seed if seed is None else seed
     started = time.time()
     splits, _, windows = data_windows(cfg, tokenizer)
@@ -226,5 +220,5 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
         "mlflow_run_id": handle.run_id if handle else None,
     }
     fitted = Fitted(doc, predictions)
-    _record(out_dir, handle, fitted, trainer.model, tokenizer, save)
+    _record(folder, handle, fitted, trainer.model, tokenizer, save)
     return fitted

@@ -25,11 +25,11 @@ from typing import Any
 import optuna
 from transformers import TrainerCallback
 
-from study import baseline as baseline_stage
 from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
 from study.files import read_json, write_atomic
+from study.layout import Layout, SearchDir
 from study.storage import (
     known_experimental,
     open_optuna_storage,
@@ -45,10 +45,6 @@ RUN_ATTR = "mlflow_run_id"
 WORKER_ATTR = "worker"  # host:pid of the worker running the trial
 RETRY_ATTR = "retry_of"  # number of the dead worker's trial this one re-runs
 OBJECTIVE_NAME = "tune F1"
-
-
-def output_dir(cfg: Config) -> Path:
-    return cfg.artifacts / "search"
 
 
 # --------------------------------------------------------------------------- storage
@@ -174,10 +170,10 @@ def trial_config(cfg: Config, params: dict[str, float]) -> Config:
 
 class Objective:
     def __init__(self, cfg: Config, tracker: Tracker, parent_run_id: str, study_name: str,
-                 out_root: Path | None = None, callbacks: Sequence[TrainerCallback] = ()):
+                 folder: SearchDir | None = None, callbacks: Sequence[TrainerCallback] = ()):
         self.cfg, self.tracker = cfg, tracker
         self.parent_run_id, self.study_name = parent_run_id, study_name
-        self.out_root = out_root or output_dir(cfg) / "trials"
+        self.folder = folder or Layout.of(cfg).search  # where the trials keep their weights
         self.callbacks = tuple(callbacks)  # more Trainer callbacks for every trial
         self.splits, self.hashes = load_splits(cfg)
         teacher_stage.trained_folder(cfg)  # fail early, before any trial, if there is none
@@ -190,7 +186,7 @@ class Objective:
         run_params = {**params, "seed": cfg.seed, "trial_number": trial.number,
                       "profile": cfg.profile, "student": cfg.student.init,
                       "student.layers": list(cfg.student.layers or []),
-                      "teacher": str(teacher_stage.output_dir(cfg) / "model"),
+                      "teacher": str(Layout.of(cfg).teacher.model),
                       "learning_rate": params.get("learning_rate", cfg.student.train.learning_rate)}
         tags = {"study_name": self.study_name, "optuna_trial": trial.number}
         if RETRY_ATTR in trial.user_attrs:
@@ -201,7 +197,7 @@ class Objective:
                                     parent_run_id=self.parent_run_id, split_hashes=self.hashes)
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr(RUN_ATTR, handle.run_id)
-        out = self.out_root / str(trial.number)
+        out = self.folder.trial(trial.number).root
         try:
             tcfg = trial_config(cfg, params)
             handle.log_dict(tcfg.to_dict(), "config.json")
@@ -238,8 +234,9 @@ class Objective:
 # --------------------------------------------------------------------------- parent run
 def _linked_runs(cfg: Config) -> dict[str, str]:
     tags = {}
-    for role, stage in (("teacher", teacher_stage), ("baseline", baseline_stage)):
-        path = stage.output_dir(cfg) / "metrics.json"
+    layout = Layout.of(cfg)
+    for role, folder in (("teacher", layout.teacher), ("baseline", layout.baseline)):
+        path = folder.metrics
         if path.exists():
             tags[f"{role}_run_id"] = read_json(path, f"{role} metrics", "").get("mlflow_run_id") or ""
     return tags
@@ -326,7 +323,7 @@ def export_trials(study: optuna.Study, path: Path) -> None:
 
 def prune_weights(study: optuna.Study, cfg: Config) -> None:
     """Keep only the best trial's weights on disk (each student is ~70 MB)."""
-    root = output_dir(cfg) / "trials"
+    root = Layout.of(cfg).search.trials
     if not root.exists():
         return
     try:
@@ -383,7 +380,7 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
         doc = summarise(study)
         doc.update(parent_run_id=parent.run_id, storage=storage_url,
                    session_seconds=round(time.time() - started, 1))
-        export_trials(study, cfg.reports / "trials.csv")
+        export_trials(study, Layout.of(cfg).reports.trials)
         parent.set_tags({k: v for k, v in doc.items() if k.startswith(("best", "n_"))})
         if doc.get("best_trial") is not None:
             parent.log_metrics({"best_tune_f1": doc["best_tune_f1"]})

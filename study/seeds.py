@@ -23,6 +23,7 @@ from study.config import Config
 from study.distill import distill_student
 from study.errors import StudyError
 from study.files import write_json
+from study.layout import Layout
 from study.metric import per_question
 from study.fit import load_splits
 
@@ -123,8 +124,9 @@ def run(cfg: Config) -> dict:
         "paired": paired,
         "mlflow_run_ids": {arm: [d["mlflow_run_id"] for d in ds] for arm, ds in docs.items()},
     }
-    write_json(cfg.reports / "seeds.json", result)
-    dvc_metrics.write(cfg.reports, dvc_metrics.of_seeds(result))
+    reports = Layout.of(cfg).reports
+    write_json(reports.seeds, result)
+    dvc_metrics.write(reports, dvc_metrics.of_seeds(result))
     for name, pb in paired.items():
         print(f"F1 difference {name.replace('_minus_', ' - ')}: {pb['f1_diff']:.2f} "
               f"(95% CI {pb['ci95'][0]:.2f} .. {pb['ci95'][1]:.2f})")

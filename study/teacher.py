@@ -9,13 +9,10 @@ import transformers
 from study.config import Config
 from study.errors import StudyError
 from study.files import staged_dir
+from study.layout import Layout
 from study.modeling import load_qa_model, load_tokenizer
 from study.tracking import Tracker
 from study.fit import fit, load_splits
-
-
-def output_dir(cfg: Config) -> Path:
-    return cfg.artifacts / "teacher"
 
 
 _LOADED: dict[tuple, tuple] = {}
@@ -23,7 +20,7 @@ _LOADED: dict[tuple, tuple] = {}
 
 def trained_folder(cfg: Config) -> Path:
     """The folder of the teacher the `teacher` stage produced."""
-    folder = output_dir(cfg) / "model"
+    folder = Layout.of(cfg).teacher.model
     if not folder.exists():
         raise StudyError(f"no trained teacher at {folder}: run `study teacher` first")
     return folder
@@ -51,7 +48,7 @@ def run(cfg: Config) -> dict:
     tracker = Tracker(cfg)
     params = {"model": ref, "seed": cfg.seed, "profile": cfg.profile, "trained": not t.checkpoint,
               **{f"train.{k}": v for k, v in t.train.__dict__.items()}}
-    with staged_dir(output_dir(cfg)) as out, \
+    with staged_dir(Layout.of(cfg).teacher.root) as out, \
             tracker.run("teacher", "teacher", params=params, split_hashes=hashes) as handle:
         handle.log_dict(cfg.to_dict(), "config.json")
         doc = fit(cfg, role="teacher", model=model, tokenizer=tokenizer, spec=t.train,

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from study.config import Config
 from study.errors import StudyError
+from study.layout import Layout
 from study.storage import absolute_sqlite, redact, schema_lock
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -73,10 +74,9 @@ def dataset_inputs(cfg: Config, split_hashes: dict[str, str]) -> list:
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    from study.fit import data_dir
-
+    data = Layout.of(cfg).data
     return [DatasetInput(Dataset(name=split, digest=digest[:DIGEST_CHARS], source_type="local",
-                                 source=json.dumps({"uri": str(data_dir(cfg) / f"{split}.json")}),
+                                 source=json.dumps({"uri": str(data.split(split))}),
                                  profile=json.dumps({"sha256": digest})),
                          tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
             for split, digest in split_hashes.items()]

@@ -15,11 +15,12 @@ import pytest
 from conftest import REPO_ROOT, study_command
 
 from study.cli import RUN_CHAIN, main
+from study.config import load_config
+from study.layout import Layout
 
 pytestmark = pytest.mark.slow
 
-SMOKE = Path("artifacts") / "smoke"
-STAGES = ("data", "teacher", "baseline", "distill")
+SMOKE = Layout.of(load_config(REPO_ROOT / "params.yaml", "smoke"))
 
 
 def study(cwd: Path, *args: str, profile: str | None = "smoke", env: dict | None = None,
@@ -63,7 +64,7 @@ def full_run(tmp_path_factory) -> Path:
 
 
 def test_the_main_job_compares_three_arms_over_seeds(full_run):
-    seeds = json.loads((full_run / SMOKE / "reports" / "seeds.json").read_text())
+    seeds = json.loads((full_run / SMOKE.reports.seeds).read_text())
     for arm in ("baseline", "authors", "distilled"):
         assert len(seeds[arm]["f1"]) == len(seeds["seeds"]) == 3, arm
         lo, hi = seeds[arm]["ci95"]["f1"]
@@ -74,7 +75,7 @@ def test_the_main_job_compares_three_arms_over_seeds(full_run):
     for name, diff in seeds["paired"].items():
         lo, hi = diff["ci95"]
         assert lo <= diff["f1_diff"] <= hi, name
-    assert (full_run / SMOKE / "reports" / "report.md").exists()
+    assert (full_run / SMOKE.reports.report).exists()
 
 
 @pytest.fixture(scope="module")
@@ -87,41 +88,42 @@ def baseline_run(tmp_path_factory) -> Path:
 
 
 def test_run_writes_every_stage(full_run):
-    art = full_run / SMOKE
-    split = json.loads((art / "data" / "split.json").read_text())
+    art = full_run / SMOKE.artifacts
+    split = json.loads((full_run / SMOKE.data.manifest).read_text())
     assert {k: v["questions"] for k, v in split["splits"].items()} == {"train": 40, "tune": 40, "dev": 40}
     for name in ("train", "tune", "dev"):
-        assert (art / "data" / f"{name}.json").exists()
-    for stage in STAGES[1:]:
-        out = art / stage
-        metrics = json.loads((out / "metrics.json").read_text())
+        assert (full_run / SMOKE.data.split(name)).exists()
+    for stage, folder in (("teacher", SMOKE.teacher), ("baseline", SMOKE.baseline),
+                          ("distill", SMOKE.distill)):
+        metrics = json.loads((full_run / folder.metrics).read_text())
         assert metrics["role"] == stage and metrics["profile"] == "smoke"
         for split_name in ("tune", "dev"):
             for key in ("exact_match", "f1"):
                 assert 0.0 <= metrics[split_name][key] <= 100.0, (stage, split_name, key)
-        preds = json.loads((out / "predictions_dev.json").read_text())
-        dev_ids = {qa["id"] for a in json.loads((art / "data" / "dev.json").read_text())["data"]
+        preds = json.loads((full_run / folder.predictions("dev")).read_text())
+        dev = json.loads((full_run / SMOKE.data.split("dev")).read_text())
+        dev_ids = {qa["id"] for a in dev["data"]
                    for p in a["paragraphs"] for qa in p["qas"]}
         assert set(preds) == dev_ids
-        assert (out / "model" / "model.safetensors").stat().st_size > 1000
+        assert (full_run / folder.model / "model.safetensors").stat().st_size > 1000
         assert metrics["steps"] > 0
-    distill = json.loads((art / "distill" / "metrics.json").read_text())
+    distill = json.loads((full_run / SMOKE.distill.metrics).read_text())
     assert distill["distill"]["alpha_ce"] == 0.5 and distill["distill"]["temperature"] == 2.0
     # The student is smaller than the teacher (one layer of six).
-    teacher = json.loads((art / "teacher" / "metrics.json").read_text())
+    teacher = json.loads((full_run / SMOKE.teacher.metrics).read_text())
     assert distill["parameters"] < teacher["parameters"]
     # No staging leftovers.
     assert not [p.name for p in art.iterdir() if p.name.startswith(".")]
 
 
 def test_prepare_and_baseline_are_deterministic(full_run, baseline_run):
-    a = json.loads((full_run / SMOKE / "baseline" / "metrics.json").read_text())
-    b = json.loads((baseline_run / SMOKE / "baseline" / "metrics.json").read_text())
+    a = json.loads((full_run / SMOKE.baseline.metrics).read_text())
+    b = json.loads((baseline_run / SMOKE.baseline.metrics).read_text())
     assert a["dev"] == b["dev"] and a["tune"] == b["tune"]
-    assert (full_run / SMOKE / "data" / "split.json").read_bytes() == \
-        (baseline_run / SMOKE / "data" / "split.json").read_bytes()
-    pa = (full_run / SMOKE / "baseline" / "predictions_dev.json").read_text()
-    pb = (baseline_run / SMOKE / "baseline" / "predictions_dev.json").read_text()
+    assert (full_run / SMOKE.data.manifest).read_bytes() == \
+        (baseline_run / SMOKE.data.manifest).read_bytes()
+    pa = (full_run / SMOKE.baseline.predictions("dev")).read_text()
+    pb = (baseline_run / SMOKE.baseline.predictions("dev")).read_text()
     assert pa == pb
 
 
@@ -138,14 +140,14 @@ def test_errors_are_one_line_and_leave_outputs_untouched(baseline_run, args, pro
                                                           monkeypatch, capsys):
     # In-process through main(): the same parser, dispatch and error path, no new interpreter.
     before = snapshot(baseline_run / "artifacts")
-    metrics = (baseline_run / SMOKE / "baseline" / "metrics.json").read_bytes()
+    metrics = (baseline_run / SMOKE.baseline.metrics).read_bytes()
     monkeypatch.chdir(baseline_run)
     code = main([*args, "--params", str(REPO_ROOT / "params.yaml"), "--profile", profile])
     err = capsys.readouterr().err
     assert code == 2
     assert_one_line_error(subprocess.CompletedProcess(args, code, "", err), *needles)
     assert snapshot(baseline_run / "artifacts") == before
-    assert (baseline_run / SMOKE / "baseline" / "metrics.json").read_bytes() == metrics
+    assert (baseline_run / SMOKE.baseline.metrics).read_bytes() == metrics
 
 
 def test_paper_profile_offline_says_hub_and_local(tmp_path):
@@ -158,4 +160,4 @@ def test_paper_profile_offline_says_hub_and_local(tmp_path):
 def test_teacher_before_prepare_says_run_prepare(tmp_path):
     proc = study(tmp_path, "teacher")
     assert_one_line_error(proc, "run `study prepare`")
-    assert not (tmp_path / SMOKE / "teacher").exists()
+    assert not (tmp_path / SMOKE.teacher.root).exists()

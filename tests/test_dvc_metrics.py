@@ -13,10 +13,12 @@ import pytest
 from conftest import REPO_ROOT
 
 from study import dvc_metrics
+from study.layout import ReportFiles
 from study.metric import gap_recovered
 
-METRICS = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text())
-SEEDS = json.loads((REPO_ROOT / "reports" / "seeds.json").read_text())
+COMMITTED = ReportFiles(REPO_ROOT / "reports")
+METRICS = json.loads(COMMITTED.metrics.read_text())
+SEEDS = json.loads(COMMITTED.seeds.read_text())
 
 
 
@@ -79,10 +81,11 @@ def dvc(cwd, *args: str) -> str:
 def test_dvc_metrics_show_lists_the_declared_files_in_a_terminal_wide_table(tmp_path):
     shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     dvc(tmp_path, "init", "--no-scm", "-q")
-    reports = tmp_path / "reports"
+    reports = ReportFiles(tmp_path / "reports")
     dvc_metrics.write(reports, ROWS)
-    for name in ("metrics.json", "seeds.json"):  # provenance: present, but not a metric
-        shutil.copy(REPO_ROOT / "reports" / name, reports / name)
+    # provenance: present, but not a metric
+    shutil.copy(COMMITTED.metrics, reports.metrics)
+    shutil.copy(COMMITTED.seeds, reports.seeds)
     shown = json.loads(dvc(tmp_path, "metrics", "show", "--json"))
     (revision,) = shown.values()  # the workspace ("" without git)
     files = revision["data"]

@@ -22,6 +22,7 @@ from test_dvc import STAGES, param_keys, paths
 
 from study.cli import main
 from study.config import load_config
+from study.layout import Layout
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def observed(tmp_path_factory) -> dict[str, tuple[set[str], set[str]]]:
         mp.chdir(cwd)
         mp.setenv("HF_HUB_OFFLINE", "1")
         cfg = load_config(PARAMS, "smoke")
-        kept = cfg.artifacts / "search" / "trials"
+        kept = Layout.of(cfg).search.trials
         for name in STAGES:
             keys: set[str] = set()
             files: set[str] = set()

@@ -17,9 +17,11 @@ from transformers import TrainerCallback
 
 from study import search as search_stage
 from study.config import load_config
+from study.layout import Layout
 
 pytestmark = pytest.mark.slow
 TRACKING = "sqlite:///mlruns/mlflow.db"
+SMOKE = Layout.of(load_config(REPO_ROOT / "params.yaml", "smoke"))
 
 
 def study_cli(ws: Path, *args: str, env: dict | None = None, check: bool = True, **popen):
@@ -138,7 +140,7 @@ def test_trials_are_nested_runs_with_params_metrics_tags_artifacts(ws, monkeypat
             assert abs(run.data.metrics["tune_f1"] - study.trials[n].value) < 1e-9
             assert "dev_f1" in run.data.metrics
 
-    trials_csv = (ws / "artifacts" / "smoke" / "reports" / "trials.csv").read_text().splitlines()
+    trials_csv = (ws / SMOKE.reports.trials).read_text().splitlines()
     assert len(trials_csv) == 5 and trials_csv[0].startswith("number,state")
 
 
@@ -281,14 +283,13 @@ def test_best_exports_a_registered_champion_student_and_report_builds(ws):
     search(ws, "s5", 2)  # its own study: no dependence on which tests ran before
     overrides = ["--set", "search.study_name=s5", "--set", "search.storage=sqlite:///s5.db"]
     study_cli(ws, "best", *overrides)
-    model_dir = ws / "artifacts" / "smoke" / "best" / "model"
+    model_dir = ws / SMOKE.best.model
     assert (model_dir / "model.safetensors").exists()
     assert not list(model_dir.glob("*.bin"))
     from transformers import AutoModelForQuestionAnswering
     assert AutoModelForQuestionAnswering.from_pretrained(model_dir).config.model_type == "distilbert"
 
-    reports = ws / "artifacts" / "smoke" / "reports"
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((ws / SMOKE.reports.metrics).read_text())
     best = load(ws, "s5").best_trial
     assert metrics["distilled"]["trial"] == best.number
     assert metrics["distilled"]["tune"]["f1"] == pytest.approx(best.value)
@@ -303,15 +304,15 @@ def test_best_exports_a_registered_champion_student_and_report_builds(ws):
     assert int(champion.version) == newest == int(metrics["registered_model"]["version"])
 
     res = study_cli(ws, "report")
-    assert (reports / "report.md").exists()
+    assert (ws / SMOKE.reports.report).exists()
     for fig in ("scores", "history", "params", "importances", "curves", "tradeoff"):
-        assert (reports / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+        assert (ws / SMOKE.reports.figure(fig)).stat().st_size > 1000, fig
     assert "report.md" in res.stdout
 
 
 def test_bench_writes_times_and_ratios(ws):
     study_cli(ws, "bench", "--steps", "3")
-    doc = json.loads((ws / "artifacts" / "smoke" / "reports" / "bench.json").read_text())
+    doc = json.loads((ws / SMOKE.reports.bench).read_text())
     for key in ("plain_seconds", "live_teacher_seconds", "cached_teacher_seconds"):
         assert doc[key] > 0
     # Each variant trained exactly the steps asked for, so the times are comparable.
@@ -322,7 +323,7 @@ def test_bench_writes_times_and_ratios(ws):
 def test_pruning_bench_counts_the_epochs_each_search_trained(ws):
     study_cli(ws, "bench", "--pruning", "--n-configs", "3", "--set", "search.pruner=hyperband",
               "--set", "search.pruner_warmup_rounds=1")
-    doc = json.loads((ws / "artifacts" / "smoke" / "reports" / "bench.json").read_text())
+    doc = json.loads((ws / SMOKE.reports.bench).read_text())
     assert doc["plain_seconds"] > 0  # the cache benchmark's figures are kept
     p = doc["pruning"]
     off, on = p["no_pruning"], p["pruned"]

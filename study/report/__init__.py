@@ -27,6 +27,7 @@ import pandas as pd
 
 from study.errors import StudyError
 from study.files import write_atomic
+from study.layout import Layout, ReportFiles
 from study.report.figures import FIGURES
 from study.report.inputs import Inputs, load_inputs
 from study.report.markdown import render_markdown
@@ -49,30 +50,29 @@ def _png(inp: Inputs, name: str) -> bytes:
 
 def build_report(reports_dir: Path) -> list[Path]:
     """Write report.md, figures/*.png and plots/history.csv into `reports_dir`."""
-    reports_dir = Path(reports_dir)
-    inp = load_inputs(reports_dir)
-    figures, plots = reports_dir / "figures", reports_dir / "plots"
+    files = ReportFiles(Path(reports_dir))
+    inp = load_inputs(files.root)
     try:
-        figures.mkdir(parents=True, exist_ok=True)
-        plots.mkdir(parents=True, exist_ok=True)
+        files.figures.mkdir(parents=True, exist_ok=True)
+        files.plots.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StudyError(f"cannot write to {reports_dir}: {exc.strerror}") from None
     written = []
     for name in sorted(FIGURES):
-        path = figures / f"{name}.png"
+        path = files.figure(name)
         write_atomic(path, _png(inp, name))
         written.append(path)
-    history = plots / "history.csv"
+    history = files.history
     write_atomic(history, history_frame(inp.trials).to_csv(index=False, lineterminator="\n").encode())
     written.append(history)
-    report = reports_dir / "report.md"
+    report = files.report
     write_atomic(report, render_markdown(inp).encode("utf-8"))
     written.append(report)
     return written
 
 
 def run(cfg) -> dict:
-    paths = build_report(cfg.reports)
+    paths = build_report(Layout.of(cfg).reports.root)
     for path in paths:
         print(f"wrote {path}")
     return {"written": [str(p) for p in paths]}

@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ValidationError, model_validato
 
 from study.errors import StudyError
 from study.files import read_json
+from study.layout import ReportFiles
 
 HINT_BEST = "run `study best` first"
 HINT_SEEDS = "run `study seeds` first"
@@ -257,15 +258,15 @@ class Inputs:
 
 
 def load_inputs(reports_dir: Path) -> Inputs:
-    reports_dir = Path(reports_dir)
-    path = reports_dir / "metrics.json"
+    files = ReportFiles(Path(reports_dir))
+    path = files.metrics
     raw = read_json(path, "metrics.json", HINT_BEST)
     if not isinstance(raw, dict):
         raise StudyError(f"metrics.json at {path} must hold an object: {HINT_BEST}")
     return Inputs(
         metrics=_parse(Metrics, raw, path, "best"),
-        trials=read_trials(reports_dir / "trials.csv"),
-        curves=read_curves(reports_dir / "curves.csv"),
-        seeds=read_seeds(reports_dir / "seeds.json"),
-        importances=read_importances(reports_dir / "importances.json"),
+        trials=read_trials(files.trials),
+        curves=read_curves(files.curves),
+        seeds=read_seeds(files.seeds),
+        importances=read_importances(files.importances),
     )
