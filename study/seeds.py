@@ -21,7 +21,7 @@ from study import design, dvc_metrics
 from study import search as search_stage
 from study.baseline import train_baseline
 from study.config import Config
-from study.distill import distill_student
+from study.distill import distill_run, distill_student
 from study.errors import StudyError
 from study.files import write_json
 from study.metric import per_question
@@ -79,8 +79,9 @@ def train_arm(cfg: Config, arm: str, params: dict | None, seed: int, tags: dict)
             doc = train_baseline(cfg, out, seed, name, tags=tags, save=False)
         else:
             tcfg = search_stage.trial_config(cfg, params)
-            doc = distill_student(tcfg, out, seed, name, role=f"seed-{arm}", tags=tags,
-                                  save=False)
+            role = f"seed-{arm}"
+            with distill_run(tcfg, seed, name, role=role, tags=tags) as handle:
+                doc = distill_student(tcfg, out, seed, handle, role=role, save=False)
         preds = json.loads((out / "predictions_dev.json").read_text())
     return doc, preds
 

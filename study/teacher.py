@@ -18,11 +18,17 @@ def output_dir(cfg: Config) -> Path:
     return cfg.artifacts / "teacher"
 
 
-def load_trained(cfg: Config):
-    """(model, tokenizer, folder) of the teacher the `teacher` stage produced."""
+def trained_dir(cfg: Config) -> Path:
+    """The folder of the teacher the `teacher` stage produced; refused if there is none."""
     folder = output_dir(cfg) / "model"
     if not folder.exists():
         raise StudyError(f"no trained teacher at {folder}: run `study teacher` first")
+    return folder
+
+
+def load_trained(cfg: Config):
+    """(model, tokenizer, folder) of the teacher the `teacher` stage produced."""
+    folder = trained_dir(cfg)
     return load_qa_model(str(folder), require_head=True), load_tokenizer(str(folder)), folder
 
 
