@@ -212,7 +212,11 @@ class Tracker:
         handle = self._resume(recorded) if recorded else None
         if handle is None:
             handle = self._start(name, role, **kwargs)
-            winner = claim(handle.run_id)
+            try:
+                winner = claim(handle.run_id)
+            except BaseException as exc:  # not recorded anywhere: end it here, not RUNNING
+                self._end(handle, outcome_of(exc))
+                raise
             if winner != handle.run_id:
                 self.client.delete_run(handle.run_id)
                 handle = RunHandle(self.client, winner)

@@ -131,6 +131,17 @@ def test_a_recorded_run_of_another_store_is_replaced_by_a_new_one(tracker):
     assert ended(tracker, handle.run_id)[0] == "FINISHED"
 
 
+def test_a_run_that_cannot_be_claimed_is_not_left_running(tracker):
+    def claim(run_id):
+        claim.run_id = run_id
+        raise OSError("study storage unreachable")
+
+    with pytest.raises(OSError), tracker.shared_run("study-x", "study", None, claim):
+        pass
+    status, tags = ended(tracker, claim.run_id)
+    assert status == "FAILED" and tags["failure_reason"] == "OSError: study storage unreachable"
+
+
 def lifecycle_calls(path: Path) -> list[str]:
     """`name` at `file:line` for every lifecycle call (or import of one) in a module."""
     found = []
