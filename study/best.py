@@ -46,7 +46,7 @@ def latency_ms(answerer: QuestionAnswerer, records: list[dict], questions: int =
 def log_registered_model(handle: RunHandle, model_dir: Path, cfg: Config) -> str:
     """Log the student as an MLflow pyfunc model, register it, alias it `champion`."""
     name = cfg.tracking.registered_model.format(profile=cfg.profile)
-    return register_champion(handle.run_id, model_dir, QASettings.from_config(cfg), name)
+    return register_champion(handle, model_dir, QASettings.from_config(cfg), name)
 
 
 def _curve_rows(role: str, doc: dict) -> list[dict]:
@@ -87,33 +87,26 @@ def run(cfg: Config) -> dict:
                              "run `study baseline` first")
     kept = layout.search.trial(best.number)
     splits, hashes = load_splits(cfg)
-    with staged_dir(layout.best.root) as staging:
+    run_params = {**params, "trial_number": best.number, "seed": cfg.seed,
+                  "weights": "kept" if kept.model.exists() else "retrained"}
+    with staged_dir(layout.best.root) as staging, \
+            tracker.run(f"best-trial-{best.number}", "best", params=run_params,
+                        tags={"study_name": study.study_name, "source_run_id":
+                              best.user_attrs.get(search_stage.RUN_ATTR, "")},
+                        parent_run_id=parent, split_hashes=hashes) as handle:
         out = StageDir(staging)
-        handle = tracker.start(f"best-trial-{best.number}", "best",
-                               params={**params, "trial_number": best.number, "seed": cfg.seed,
-                                       "weights": "kept" if kept.model.exists() else "retrained"},
-                               tags={"study_name": study.study_name, "source_run_id":
-                                     best.user_attrs.get(search_stage.RUN_ATTR, "")},
-                               parent_run_id=parent, split_hashes=hashes)
-        try:
-            if kept.model.exists() and kept.metrics.exists():
-                for item in kept.root.iterdir():
-                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
-                best_doc = read_json(out.metrics, "trial metrics", "")
-            else:  # weights not kept: re-train from the trial's params and seed (deterministic)
-                best_doc = distill_student(tcfg, staging, cfg.seed, f"best-trial-{best.number}",
-                                           role="best", handle=handle).doc
-            best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
-            version = log_registered_model(handle, out.model, cfg)
-            handle.set_tags({"registered_model_version": version})
-            handle.log_metrics({"dev_f1": best_doc["dev"]["f1"],
-                                "dev_exact_match": best_doc["dev"]["exact_match"],
-                                "tune_f1": best_doc["tune"]["f1"]})
-        except BaseException as exc:
-            tracker.end(handle, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
-                        f"{type(exc).__name__}: {exc}")
-            raise
-        tracker.end(handle, "FINISHED")
+        if kept.model.exists() and kept.metrics.exists():
+            for item in kept.root.iterdir():
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
+            best_doc = read_json(out.metrics, "trial metrics", "")
+        else:  # weights not kept: re-train from the trial's params and seed (deterministic)
+            best_doc = distill_student(tcfg, staging, cfg.seed, handle, role="best").doc
+        best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
+        version = log_registered_model(handle, out.model, cfg)
+        handle.set_tags({"registered_model_version": version})
+        handle.log_metrics({"dev_f1": best_doc["dev"]["f1"],
+                            "dev_exact_match": best_doc["dev"]["exact_match"],
+                            "tune_f1": best_doc["tune"]["f1"]})
 
     models = {}
     dev = splits["dev"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from study import teacher as teacher_stage
@@ -11,7 +13,7 @@ from study.data import check_same_tokenization
 from study.files import staged_dir
 from study.layout import Layout
 from study.modeling import build_student
-from study.tracking import Tracker
+from study.tracking import RunHandle, Tracker
 from study.fit import Fitted, fit, load_splits
 
 
@@ -23,36 +25,40 @@ def with_overrides(cfg: Config, temperature=None, alpha_ce=None, alpha_squad=Non
     return cfg.replace(distill=changes) if changes else cfg
 
 
-def distill_student(cfg: Config, out_dir: Path, seed: int, run_name: str,
-                    role: str = "distill", tags: dict | None = None, parent_run_id: str | None = None,
-                    callbacks=(), save: bool = True, tracker: Tracker | None = None,
-                    handle=None) -> Fitted:
-    """Train one distilled student with the loss settings of `cfg.distill`. With `handle`
-    given the caller owns the MLflow run."""
-    splits, hashes = load_splits(cfg)
+def distill_student(cfg: Config, out_dir: Path, seed: int, handle: RunHandle,
+                    role: str = "distill", callbacks=(), save: bool = True) -> Fitted:
+    """Train one distilled student with the loss settings of `cfg.distill`, logging to the
+    run `handle` that its caller opened (a trial, best, seeds, `distill_run`)."""
+    splits, _ = load_splits(cfg)
     _, teacher_tok, teacher_dir = teacher_stage.load_trained(cfg)
     student, tokenizer = build_student(cfg.student, seed)
     d = cfg.data
     check_same_tokenization(teacher_tok, tokenizer, splits["train"], d.max_length, d.doc_stride,
                             str(teacher_dir), cfg.student.init)
-    kwargs = dict(role=role, model=student, tokenizer=tokenizer, spec=cfg.student.train,
-                  out_dir=out_dir, seed=seed, distill=cfg.distill,
-                  teacher=lambda: teacher_stage.load_trained(cfg)[0],
-                  teacher_dir=teacher_dir, callbacks=callbacks, save=save)
-    if handle is not None:
-        return fit(cfg, handle=handle, **kwargs)
-    tracker = tracker or Tracker(cfg)
-    params = {**student_params(cfg, seed), "teacher": str(teacher_dir),
+    return fit(cfg, role=role, model=student, tokenizer=tokenizer, spec=cfg.student.train,
+               out_dir=out_dir, seed=seed, distill=cfg.distill,
+               teacher=lambda: teacher_stage.load_trained(cfg)[0],
+               teacher_dir=teacher_dir, callbacks=callbacks, save=save, handle=handle)
+
+
+@contextmanager
+def distill_run(cfg: Config, seed: int, run_name: str, role: str = "distill",
+                tags: dict | None = None) -> Iterator[RunHandle]:
+    """The run of a student distilled outside the search (stage distill, seeds), with its
+    params and config."""
+    _, hashes = load_splits(cfg)
+    # A missing teacher is refused before any run is opened.
+    params = {**student_params(cfg, seed), "teacher": str(teacher_stage.trained_folder(cfg)),
               **cfg.distill.model_dump()}
-    with tracker.run(run_name, role, params=params, tags=tags, parent_run_id=parent_run_id,
-                     split_hashes=hashes) as h:
+    with Tracker(cfg).run(run_name, role, params=params, tags=tags, split_hashes=hashes) as h:
         h.log_dict(cfg.to_dict(), "config.json")
-        return fit(cfg, handle=h, **kwargs)
+        yield h
 
 
 def run(cfg: Config) -> dict:
-    with staged_dir(Layout.of(cfg).distill.root) as out:
-        doc = distill_student(cfg, out, cfg.seed, "distill").doc
+    with staged_dir(Layout.of(cfg).distill.root) as out, \
+            distill_run(cfg, cfg.seed, "distill") as handle:
+        doc = distill_student(cfg, out, cfg.seed, handle).doc
     d = cfg.distill
     print(f"distilled (T={d.temperature}, alpha_ce={d.alpha_ce}, alpha_squad={d.alpha_squad}): "
           f"tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "

@@ -19,6 +19,7 @@ import shutil
 import socket
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from study.storage import (
     resolve_url,
     schema_lock,
 )
-from study.tracking import RunHandle, Tracker
+from study.tracking import STATE_TAG, Outcome, RunHandle, Tracker
 from study.fit import load_splits
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -188,47 +189,39 @@ class Objective:
                       "student.layers": list(cfg.student.layers or []),
                       "teacher": str(Layout.of(cfg).teacher.model),
                       "learning_rate": params.get("learning_rate", cfg.student.train.learning_rate)}
-        tags = {"study_name": self.study_name, "optuna_trial": trial.number}
+        tags = {"study_name": self.study_name, "optuna_trial": trial.number,
+                "arm": trial.user_attrs.get(design.ARM_ATTR, "searched")}
         if RETRY_ATTR in trial.user_attrs:
             tags[RETRY_ATTR] = trial.user_attrs[RETRY_ATTR]
-        handle = self.tracker.start(f"trial-{trial.number}", "trial", params=run_params,
-                                    tags={**tags, "arm": trial.user_attrs.get(design.ARM_ATTR,
-                                                                              "searched")},
-                                    parent_run_id=self.parent_run_id, split_hashes=self.hashes)
-        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr(RUN_ATTR, handle.run_id)
         out = self.folder.trial(trial.number).root
-        try:
+        with self.tracker.run(f"trial-{trial.number}", "trial", params=run_params, tags=tags,
+                              parent_run_id=self.parent_run_id, split_hashes=self.hashes,
+                              on_end=trial_ended(trial, out)) as handle:
+            trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+            trial.set_user_attr(RUN_ATTR, handle.run_id)
             tcfg = trial_config(cfg, params)
             handle.log_dict(tcfg.to_dict(), "config.json")
             doc = distill_student(
-                tcfg, out, cfg.seed, f"trial-{trial.number}", role="trial",
+                tcfg, out, cfg.seed, handle, role="trial",
                 callbacks=[PruningCallback(trial), NanGuard(), *self.callbacks],
-                save=cfg.search.keep_weights, handle=handle).doc
-        except optuna.TrialPruned as exc:
-            handle.set_tags({"optuna_state": "PRUNED", "prune_reason": str(exc)})
-            self.tracker.end(handle, "FINISHED")
-            shutil.rmtree(out, ignore_errors=True)
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            handle.set_tags({"optuna_state": "FAIL"})
-            self.tracker.end(handle, "KILLED", "interrupted")
-            shutil.rmtree(out, ignore_errors=True)
-            raise
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:2000]
-            trial.set_user_attr("fail_reason", reason)
-            handle.set_tags({"optuna_state": "FAIL"})
-            self.tracker.end(handle, "FAILED", reason)
-            shutil.rmtree(out, ignore_errors=True)
-            raise
-        for split in ("tune", "dev"):
-            for k, v in doc[split].items():
-                trial.set_user_attr(f"{split}_{k}", v)
-        handle.set_tags({"optuna_state": "COMPLETE"})
-        self.tracker.end(handle, "FINISHED")
+                save=cfg.search.keep_weights).doc
+            for split in ("tune", "dev"):
+                for k, v in doc[split].items():
+                    trial.set_user_attr(f"{split}_{k}", v)
+            handle.set_tags({STATE_TAG: "COMPLETE"})
         return doc["tune"]["f1"]
+
+
+def trial_ended(trial: optuna.Trial, out: Path):
+    """What a trial records as its run ends; the run's status is the Tracker's."""
+    def on_end(handle: RunHandle, outcome: Outcome) -> None:
+        if outcome.status == "FINISHED" and not outcome.pruned:
+            return
+        shutil.rmtree(out, ignore_errors=True)
+        if not outcome.pruned:  # a pruned trial's run is tagged PRUNED by the Tracker
+            trial.set_user_attr("fail_reason", (outcome.reason or "")[:2000])
+            handle.set_tags({STATE_TAG: "FAIL"})
+    return on_end
 
 
 # --------------------------------------------------------------------------- parent run
@@ -242,32 +235,23 @@ def _linked_runs(cfg: Config) -> dict[str, str]:
     return tags
 
 
-def parent_run(cfg: Config, tracker: Tracker, study: optuna.Study, storage_url: str,
-               storage) -> RunHandle:
-    """The study's parent run: found through the study's user attrs, else created once."""
-    existing = study.user_attrs.get(PARENT_ATTR)
-    if existing:
-        try:
-            tracker.client.get_run(existing)
-            tracker.client.update_run(existing, status="RUNNING")
-            return RunHandle(tracker.client, existing)
-        except Exception:  # noqa: BLE001 - recorded in another MLflow store: start anew here
-            pass
-    handle = tracker.start(f"study-{study.study_name}", "study",
-                           params={"study_name": study.study_name, "profile": cfg.profile,
-                                   "sampler": "TPE", "sampler_seed": cfg.search.sampler_seed,
-                                   "pruner": cfg.search.pruner,
-                                   "search_space": {k: getattr(cfg.search, k) for k in
-                                                    ("temperature", "alpha_ce", "alpha_squad",
-                                                     "learning_rate")}},
-                           tags={"study_name": study.study_name, "optuna_storage": storage_url,
-                                 **_linked_runs(cfg)})
-    current = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs
-    if current.get(PARENT_ATTR) and current[PARENT_ATTR] != handle.run_id:
-        tracker.client.delete_run(handle.run_id)  # another worker won the race
-        return RunHandle(tracker.client, current[PARENT_ATTR])
-    study.set_user_attr(PARENT_ATTR, handle.run_id)
-    return handle
+def parent_run(cfg: Config, tracker: Tracker, study: optuna.Study, storage_url: str, storage):
+    """The study's parent run, as a context manager: found through the study's user attrs,
+    else created once. Enter it under the storage's lock."""
+    def claim(run_id: str) -> str:
+        current = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs
+        if current.get(PARENT_ATTR) and current[PARENT_ATTR] != run_id:
+            return current[PARENT_ATTR]  # another worker won the race
+        study.set_user_attr(PARENT_ATTR, run_id)
+        return run_id
+
+    return tracker.shared_run(
+        f"study-{study.study_name}", "study", study.user_attrs.get(PARENT_ATTR), claim,
+        params={"study_name": study.study_name, "profile": cfg.profile, "sampler": "TPE",
+                "sampler_seed": cfg.search.sampler_seed, "pruner": cfg.search.pruner,
+                "search_space": {k: getattr(cfg.search, k) for k in
+                                 ("temperature", "alpha_ce", "alpha_squad", "learning_rate")}},
+        tags={"study_name": study.study_name, "optuna_storage": storage_url, **_linked_runs(cfg)})
 
 
 def close_stale(study: optuna.Study, tracker: Tracker) -> int:
@@ -337,6 +321,32 @@ def prune_weights(study: optuna.Study, cfg: Config) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: RunHandle,
+             storage_url: str, n_trials: int | None, timeout: float | None) -> dict:
+    """Run this session's trials; the summary reaches trials.csv and the parent run also
+    when the session is interrupted."""
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        print(f"trial {trial.number}: {trial.state.name} params={trial.params} "
+              f"tune F1={trial.value if trial.value is not None else '-'}", flush=True)
+        if cfg.search.keep_weights:
+            prune_weights(study, cfg)
+
+    started = time.time()
+    try:
+        study.optimize(objective, n_trials=n_trials or cfg.search.n_trials,
+                       timeout=timeout if timeout is not None else cfg.search.timeout,
+                       catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
+    finally:
+        doc = summarise(study)
+        doc.update(parent_run_id=parent.run_id, storage=storage_url,
+                   session_seconds=round(time.time() - started, 1))
+        export_trials(study, Layout.of(cfg).reports.trials)
+        parent.set_tags({k: v for k, v in doc.items() if k.startswith(("best", "n_"))})
+        if doc.get("best_trial") is not None:
+            parent.log_metrics({"best_tune_f1": doc["best_tune_f1"]})
+    return doc
+
+
 def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
         storage: str | None = None, study_name: str | None = None,
         callbacks: Sequence[TrainerCallback] = ()) -> dict:
@@ -351,40 +361,17 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     if closed:
         print(f"closed {closed} MLflow run(s) left RUNNING by a dead worker")
     objective = Objective(cfg, tracker, "", study.study_name, callbacks=callbacks)
-    # Workers starting together: one gives a new study its first trial (the authors'
-    # setting) and its parent run; the others find both.
-    with schema_lock(url):
-        design.initialise(study, cfg)
-        design.check_fixed_settings(study, cfg)
-        with known_experimental():  # since Optuna 3.2
-            study.set_metric_names([OBJECTIVE_NAME])  # optuna-dashboard's axis, not "Objective 0"
-        parent = parent_run(cfg, tracker, study, storage_url, storage_obj)
-    objective.parent_run_id = parent.run_id
-
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        print(f"trial {trial.number}: {trial.state.name} params={trial.params} "
-              f"tune F1={trial.value if trial.value is not None else '-'}", flush=True)
-        if cfg.search.keep_weights:
-            prune_weights(study, cfg)
-
-    status = "FINISHED"
-    started = time.time()
-    try:
-        study.optimize(objective, n_trials=n_trials or cfg.search.n_trials,
-                       timeout=timeout if timeout is not None else cfg.search.timeout,
-                       catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        doc = summarise(study)
-        doc.update(parent_run_id=parent.run_id, storage=storage_url,
-                   session_seconds=round(time.time() - started, 1))
-        export_trials(study, Layout.of(cfg).reports.trials)
-        parent.set_tags({k: v for k, v in doc.items() if k.startswith(("best", "n_"))})
-        if doc.get("best_trial") is not None:
-            parent.log_metrics({"best_tune_f1": doc["best_tune_f1"]})
-        tracker.end(parent, status)
+    with ExitStack() as stack:
+        # Workers starting together: one gives a new study its first trial (the authors'
+        # setting) and its parent run; the others find both.
+        with schema_lock(url):
+            design.initialise(study, cfg)
+            design.check_fixed_settings(study, cfg)
+            with known_experimental():  # since Optuna 3.2; optuna-dashboard's axis name
+                study.set_metric_names([OBJECTIVE_NAME])  # not "Objective 0"
+            parent = stack.enter_context(parent_run(cfg, tracker, study, storage_url, storage_obj))
+        objective.parent_run_id = parent.run_id
+        doc = optimize(cfg, study, objective, parent, storage_url, n_trials, timeout)
     print(f"study {study.study_name}: {doc['n_trials']} trials ({doc['n_complete']} complete, "
           f"{doc['n_pruned']} pruned, {doc['n_failed']} failed); best trial {doc.get('best_trial')} "
           f"tune F1 {doc.get('best_tune_f1')}")

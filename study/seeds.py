@@ -20,7 +20,7 @@ from study import design, dvc_metrics
 from study import search as search_stage
 from study.baseline import train_baseline
 from study.config import Config
-from study.distill import distill_student
+from study.distill import distill_run, distill_student
 from study.errors import StudyError
 from study.files import write_json
 from study.layout import Layout
@@ -81,8 +81,9 @@ def train_arm(cfg: Config, arm: str, params: dict | None, seed: int, tags: dict)
             fitted = train_baseline(cfg, out, seed, name, tags=tags, save=False)
         else:
             tcfg = search_stage.trial_config(cfg, params)
-            fitted = distill_student(tcfg, out, seed, name, role=f"seed-{arm}", tags=tags,
-                                     save=False)
+            role = f"seed-{arm}"
+            with distill_run(tcfg, seed, name, role=role, tags=tags) as handle:
+                fitted = distill_student(tcfg, out, seed, handle, role=role, save=False)
     return fitted.doc, fitted.predictions["dev"]
 
 

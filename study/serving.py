@@ -16,11 +16,15 @@ import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
 
 from study.qa import QASettings, QuestionAnswerer
+
+if TYPE_CHECKING:  # the served model imports this module; it needs no tracking code
+    from study.tracking import RunHandle
 
 CHAMPION = "champion"
 # What the predictor imports; the weights and tokenizer are artifacts, not code.
@@ -73,25 +77,25 @@ def _code_copy(tmp: Path) -> Path:
     return dst
 
 
-def log_pyfunc(model_dir: Path, settings: QASettings, registered_name: str | None = None):
-    """Log (and optionally register) the model in the active MLflow run; returns ModelInfo."""
+def log_pyfunc(handle: RunHandle, model_dir: Path, settings: QASettings,
+               registered_name: str | None = None):
+    """Log (and optionally register) the model in the run `handle`; returns ModelInfo."""
     answerer = QuestionAnswerer.from_pretrained(str(model_dir), settings, device="cpu")
     example_out = answers_frame(answerer.predict(list(EXAMPLE["question"]),
                                                  list(EXAMPLE["context"])))
     signature = mlflow.models.infer_signature(EXAMPLE, example_out)
     with tempfile.TemporaryDirectory() as tmp:
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=QuestionAnsweringModel(),
+        return handle.log_model(
+            mlflow.pyfunc, name="model", python_model=QuestionAnsweringModel(),
             artifacts={"model": str(model_dir)}, model_config=dataclasses.asdict(settings),
             code_paths=[str(_code_copy(Path(tmp)))], signature=signature,
             input_example=EXAMPLE, pip_requirements=pinned_requirements(),
             registered_model_name=registered_name)
 
 
-def register_champion(run_id: str, model_dir: Path, settings: QASettings, name: str) -> str:
-    """Log the pyfunc model into run `run_id`, register it as `name`, point `champion` at it."""
-    with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc(model_dir, settings, registered_name=name)
+def register_champion(handle: RunHandle, model_dir: Path, settings: QASettings, name: str) -> str:
+    """Log the pyfunc model into the run `handle`, register it as `name`, point `champion` at it."""
+    info = log_pyfunc(handle, model_dir, settings, registered_name=name)
     version_ = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version_)
     return version_

@@ -3,7 +3,9 @@
 Runs are created and ended here, through MlflowClient with explicit run ids: no fluent
 "active run", so no "run already active" errors, and the Trainer's own MLflow reporting
 stays off (report_to="none"); its metrics reach MLflow through `MlflowLogCallback`.
-Every run ends FINISHED, FAILED (with its reason) or KILLED, never left RUNNING.
+Every run is opened by a context manager here (`Tracker.run`, or `Tracker.shared_run` for
+the study's parent) and ends as its block ends: FINISHED, FINISHED tagged pruned (Optuna
+stopped the trial), KILLED (Ctrl-C) or FAILED with its reason, never left RUNNING.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import json
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from transformers import TrainerCallback
 
 from study.config import Config
@@ -27,6 +31,30 @@ from study.storage import absolute_sqlite, redact, schema_lock
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow stores a dataset digest in 36 characters: the split's SHA-256, shortened.
 DIGEST_CHARS = 16
+STATE_TAG = "optuna_state"  # a trial's Optuna state; PRUNED is set here, as the run ends
+PRUNE_TAG = "prune_reason"
+FAILURE_TAG = "failure_reason"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: its MLflow status, why, and whether Optuna pruned it."""
+
+    status: str
+    reason: str | None = None
+    pruned: bool = False
+
+
+def outcome_of(exc: BaseException | None) -> Outcome:
+    """The one mapping from how a block ended to how its run ends."""
+    if exc is None:
+        return Outcome("FINISHED")
+    if isinstance(exc, optuna.TrialPruned):
+        # Pruning is the search working as meant: the run's numbers are valid, only fewer.
+        return Outcome("FINISHED", str(exc), pruned=True)
+    if isinstance(exc, KeyboardInterrupt):
+        return Outcome("KILLED", "interrupted")
+    return Outcome("FAILED", f"{type(exc).__name__}: {exc}")
 
 
 def git_state() -> dict[str, str]:
@@ -113,6 +141,16 @@ class RunHandle:
         # Through JSON first: config values such as paths become their text.
         self.client.log_dict(self.run_id, json.loads(json.dumps(obj, default=str)), name)
 
+    def log_model(self, flavor, **kwargs: Any):
+        """Log a model into this run (`kwargs`: the flavor's save_model arguments); MLflow's
+        ModelInfo. No fluent active run is opened: leaving one would end this run."""
+        import mlflow
+        from mlflow.models import Model
+
+        # Without an active run, MLflow files the logged model under the fluent experiment.
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+        return Model.log(artifact_path=None, flavor=flavor, run_id=self.run_id, **kwargs)
+
 
 class Tracker:
     def __init__(self, cfg: Config):
@@ -153,9 +191,59 @@ class Tracker:
             # A worker on another machine created it between our lookup and create.
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def start(self, name: str, role: str, params: dict[str, Any] | None = None,
-              tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
-              split_hashes: dict[str, str] | None = None) -> RunHandle:
+    @contextmanager
+    def run(self, name: str, role: str, on_end: Callable[[RunHandle, Outcome], None] | None = None,
+            **kwargs: Any) -> Iterator[RunHandle]:
+        """A new run for the block; `on_end(handle, outcome)` runs just before it ends
+        (a trial records its own state there). Exceptions pass through unchanged."""
+        handle = self._start(name, role, **kwargs)
+        with self._owned(handle, on_end):
+            yield handle
+
+    @contextmanager
+    def shared_run(self, name: str, role: str, recorded: str | None,
+                   claim: Callable[[str], str], **kwargs: Any) -> Iterator[RunHandle]:
+        """A run that several sessions and workers share (the study's parent).
+
+        Resumed when `recorded` names a run of this store; else created, and `claim(run_id)`
+        records it and returns the run that holds the claim: another worker's, when that one
+        recorded its own first (then ours is deleted). Enter it under the storage's lock.
+        """
+        handle = self._resume(recorded) if recorded else None
+        if handle is None:
+            handle = self._start(name, role, **kwargs)
+            try:
+                winner = claim(handle.run_id)
+            except BaseException as exc:  # not recorded anywhere: end it here, not RUNNING
+                self._end(handle, outcome_of(exc))
+                raise
+            if winner != handle.run_id:
+                self.client.delete_run(handle.run_id)
+                handle = RunHandle(self.client, winner)
+        with self._owned(handle):
+            yield handle
+
+    @contextmanager
+    def _owned(self, handle: RunHandle,
+               on_end: Callable[[RunHandle, Outcome], None] | None = None) -> Iterator[RunHandle]:
+        try:
+            yield handle
+        except BaseException as exc:
+            self._finish(handle, outcome_of(exc), on_end)
+            raise
+        self._finish(handle, outcome_of(None), on_end)
+
+    def _finish(self, handle: RunHandle, outcome: Outcome,
+                on_end: Callable[[RunHandle, Outcome], None] | None) -> None:
+        try:
+            if on_end is not None:
+                on_end(handle, outcome)
+        finally:
+            self._end(handle, outcome)
+
+    def _start(self, name: str, role: str, params: dict[str, Any] | None = None,
+               tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
+               split_hashes: dict[str, str] | None = None) -> RunHandle:
         all_tags = {"role": role, "mlflow.runName": name, **environment(self.cfg, split_hashes),
                     **(tags or {})}
         if parent_run_id:
@@ -168,24 +256,20 @@ class Tracker:
             self.client.log_inputs(run.info.run_id, datasets=dataset_inputs(self.cfg, split_hashes))
         return handle
 
-    def end(self, handle: RunHandle, status: str = "FINISHED", reason: str | None = None) -> None:
-        if reason:
-            handle.set_tags({"failure_reason": reason[:4000]})
-        self.client.set_terminated(handle.run_id, status=status)
-
-    @contextmanager
-    def run(self, name: str, role: str, **kwargs: Any) -> Iterator[RunHandle]:
-        handle = self.start(name, role, **kwargs)
+    def _resume(self, run_id: str) -> RunHandle | None:
         try:
-            yield handle
-        except KeyboardInterrupt:
-            self.end(handle, "KILLED", "interrupted")
-            raise
-        except BaseException as exc:
-            self.end(handle, "FAILED", f"{type(exc).__name__}: {exc}")
-            raise
-        else:
-            self.end(handle, "FINISHED")
+            self.client.get_run(run_id)
+            self.client.update_run(run_id, status="RUNNING")
+        except Exception:  # noqa: BLE001 - recorded in another MLflow store: start anew here
+            return None
+        return RunHandle(self.client, run_id)
+
+    def _end(self, handle: RunHandle, outcome: Outcome) -> None:
+        if outcome.pruned:
+            handle.set_tags({STATE_TAG: "PRUNED", PRUNE_TAG: outcome.reason or ""})
+        elif outcome.reason:
+            handle.set_tags({FAILURE_TAG: outcome.reason[:4000]})
+        self.client.set_terminated(handle.run_id, status=outcome.status)
 
     def close_stale_runs(self, run_ids: list[str], status: str = "KILLED", reason: str = "") -> int:
         """End runs a killed worker left RUNNING (found through Optuna's failed trials)."""
@@ -196,7 +280,7 @@ class Tracker:
             except Exception:  # noqa: BLE001 - a run id from another store: nothing to close
                 continue
             if run.info.status == "RUNNING":
-                self.end(RunHandle(self.client, run_id), status, reason or None)
+                self._end(RunHandle(self.client, run_id), Outcome(status, reason or None))
                 closed += 1
         return closed
 

@@ -92,6 +92,17 @@ def test_champion_is_the_new_version_and_answers_a_dataframe(store, questions, e
     assert (local / "input_example.json").exists()
 
 
+def test_the_model_is_logged_into_its_run_which_the_tracker_ends(store):
+    client = mlflow.MlflowClient(store["uri"])
+    version = client.get_model_version_by_alias(NAME, CHAMPION)
+    run = client.get_run(version.run_id)
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.source_run_id == run.info.run_id
+    assert model.experiment_id == run.info.experiment_id != "0"  # not MLflow's Default
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    assert run.info.status == "FINISHED"
+
+
 def test_pyfunc_loads_where_study_is_not_installed(store, questions, expected, tmp_path):
     """A Python that cannot import the project's `study`: only the model's own code copy."""
     local = Path(mlflow.artifacts.download_artifacts(URI, dst_path=str(tmp_path / "m")))

@@ -1,10 +1,170 @@
-"""The environment recorded on every run: the dirty flag means code or params changed."""
+"""The one owner of MLflow runs, on a real SQLite store: how each way a block ends maps to
+the run's status, the study's shared parent run, and that no other module sets a status.
+Also the environment recorded on every run: the dirty flag means code or params changed."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
+from pathlib import Path
 
-from study.tracking import git_state
+import mlflow
+import optuna
+import pytest
+from mlflow.entities import ViewType
+
+from study.config import load_config
+from study.tracking import Tracker, git_state
+
+STUDY = Path(__file__).resolve().parents[1] / "study"
+# Calls that start, resume or end a run, or set its status.
+LIFECYCLE_CALLS = {"set_terminated", "update_run", "delete_run", "end_run", "start_run"}
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory, params_path):
+    # One store for the module: creating its tables takes seconds; each test has its own runs.
+    root = tmp_path_factory.mktemp("lifecycle")
+    cfg = load_config(params_path, "smoke", [f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+                                             f"tracking.artifact_location={root / 'artifacts'}"])
+    previous = mlflow.get_tracking_uri()
+    yield Tracker(cfg)
+    mlflow.set_tracking_uri(previous)
+
+
+def ended(tracker: Tracker, run_id: str):
+    run = tracker.client.get_run(run_id)
+    return run.info.status, run.data.tags
+
+
+def test_a_block_that_returns_finishes_its_run(tracker):
+    with tracker.run("ok", "teacher", params={"seed": 3}) as handle:
+        assert ended(tracker, handle.run_id)[0] == "RUNNING"
+    status, tags = ended(tracker, handle.run_id)
+    assert status == "FINISHED" and tags["role"] == "teacher"
+    assert not {"failure_reason", "optuna_state", "prune_reason"} & set(tags)
+
+
+def test_a_pruned_trial_finishes_tagged_pruned(tracker):
+    pruned = optuna.TrialPruned("pruned at evaluation 2 (tune F1 3.00)")
+    with pytest.raises(optuna.TrialPruned) as caught, tracker.run("trial-1", "trial") as handle:
+        raise pruned
+    assert caught.value is pruned  # passed on unchanged: Optuna records the trial PRUNED
+    status, tags = ended(tracker, handle.run_id)
+    assert status == "FINISHED"
+    assert tags["optuna_state"] == "PRUNED"
+    assert tags["prune_reason"] == "pruned at evaluation 2 (tune F1 3.00)"
+    assert "failure_reason" not in tags
+
+
+def test_ctrl_c_kills_the_run(tracker):
+    with pytest.raises(KeyboardInterrupt), tracker.run("baseline", "baseline") as handle:
+        raise KeyboardInterrupt
+    status, tags = ended(tracker, handle.run_id)
+    assert status == "KILLED" and tags["failure_reason"] == "interrupted"
+
+
+def test_an_error_fails_the_run_with_its_reason(tracker):
+    error = FloatingPointError("training loss became nan at step 7")
+    with pytest.raises(FloatingPointError) as caught, tracker.run("distill", "distill") as handle:
+        raise error
+    assert caught.value is error
+    status, tags = ended(tracker, handle.run_id)
+    assert status == "FAILED"
+    assert tags["failure_reason"] == "FloatingPointError: training loss became nan at step 7"
+
+
+def test_on_end_sees_the_outcome_while_the_run_is_still_open(tracker):
+    seen = []
+
+    def on_end(handle, outcome):
+        seen.append((outcome.status, outcome.reason, outcome.pruned,
+                     ended(tracker, handle.run_id)[0]))
+        handle.set_tags({"optuna_state": "FAIL"})
+
+    with pytest.raises(ValueError), tracker.run("trial-2", "trial", on_end=on_end) as handle:
+        raise ValueError("bad weights")
+    assert seen == [("FAILED", "ValueError: bad weights", False, "RUNNING")]
+    status, tags = ended(tracker, handle.run_id)
+    assert status == "FAILED" and tags["optuna_state"] == "FAIL"
+
+
+def test_the_shared_parent_run_is_created_once_then_resumed(tracker):
+    claimed: list[str] = []
+
+    def claim(run_id):
+        claimed.append(run_id)
+        return claimed[0]
+
+    with tracker.shared_run("study-s", "study", None, claim, tags={"study_name": "s"}) as first:
+        pass
+    assert claimed == [first.run_id] and ended(tracker, first.run_id)[0] == "FINISHED"
+    # A later session finds it through what was recorded: no new run, and it runs again.
+    with tracker.shared_run("study-s", "study", first.run_id, claim) as again:
+        assert again.run_id == first.run_id
+        assert ended(tracker, first.run_id)[0] == "RUNNING"
+    assert len(claimed) == 1 and ended(tracker, first.run_id)[0] == "FINISHED"
+    # Interrupted, the shared run is KILLED like any other.
+    again = tracker.shared_run("study-s", "study", first.run_id, claim)
+    with pytest.raises(KeyboardInterrupt), again:
+        raise KeyboardInterrupt
+    assert ended(tracker, first.run_id)[0] == "KILLED"
+
+
+def test_a_worker_that_loses_the_race_deletes_its_run_and_joins_the_winner(tracker):
+    race = {"study_name": "race"}
+    with tracker.run("study-race", "study", tags=race) as winner:
+        pass
+    with tracker.shared_run("study-race", "study", None, lambda run_id: winner.run_id,
+                            tags=race) as joined:
+        assert joined.run_id == winner.run_id
+    exp, only_race = [tracker.experiment_id], "tags.study_name = 'race'"
+    alive = tracker.client.search_runs(exp, only_race, run_view_type=ViewType.ACTIVE_ONLY)
+    deleted = tracker.client.search_runs(exp, only_race, run_view_type=ViewType.DELETED_ONLY)
+    assert [r.info.run_id for r in alive] == [winner.run_id]
+    assert len(deleted) == 1 and deleted[0].info.status == "RUNNING"
+
+
+def test_a_recorded_run_of_another_store_is_replaced_by_a_new_one(tracker):
+    with tracker.shared_run("study-s", "study", "0" * 32, lambda run_id: run_id) as handle:
+        assert handle.run_id != "0" * 32
+    assert ended(tracker, handle.run_id)[0] == "FINISHED"
+
+
+def test_a_run_that_cannot_be_claimed_is_not_left_running(tracker):
+    def claim(run_id):
+        claim.run_id = run_id
+        raise OSError("study storage unreachable")
+
+    with pytest.raises(OSError), tracker.shared_run("study-x", "study", None, claim):
+        pass
+    status, tags = ended(tracker, claim.run_id)
+    assert status == "FAILED" and tags["failure_reason"] == "OSError: study storage unreachable"
+
+
+def lifecycle_calls(path: Path) -> list[str]:
+    """`name` at `file:line` for every lifecycle call (or import of one) in a module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        elif isinstance(node, ast.ImportFrom):
+            name = next((a.name for a in node.names if a.name in LIFECYCLE_CALLS), None)
+        else:
+            continue
+        if name in LIFECYCLE_CALLS:
+            found.append(f"{name} at {path.name}:{node.lineno}")
+    return found
+
+
+def test_only_tracking_starts_ends_or_sets_the_status_of_runs():
+    # The scan finds what it looks for: the owner's own calls.
+    own = lifecycle_calls(STUDY / "tracking.py")
+    assert {c.split()[0] for c in own} >= {"set_terminated", "update_run", "delete_run"}
+    others = [c for path in sorted(STUDY.rglob("*.py")) if path.name != "tracking.py"
+              or path.parent != STUDY for c in lifecycle_calls(path)]
+    assert others == []
 
 
 def git(cwd, *args):
