@@ -8,7 +8,6 @@ per dev question answered by the predictor (study.qa), batch 1 and batch 32.
 
 from __future__ import annotations
 
-import csv
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +24,13 @@ from study.errors import StudyError
 from study.files import read_json, staged_dir, write_json
 from study.modeling import parameter_count
 from study.qa import QASettings, QuestionAnswerer
+from study.results import (
+    CurveRow,
+    StageMetrics,
+    read_stage_metrics,
+    write_curves,
+    write_metrics,
+)
 from study.serving import register_champion
 from study.tracking import RunHandle, Tracker, device_name, git_state, package_versions
 from study.fit import apply_runtime, device, load_splits
@@ -54,14 +60,13 @@ def log_registered_model(handle: RunHandle, model_dir: Path, cfg: Config) -> str
     return register_champion(handle.run_id, model_dir, QASettings.from_config(cfg), name)
 
 
-def _curve_rows(role: str, doc: dict) -> list[dict]:
-    return [{"role": role, "step": p["step"], "tune_exact_match": p["tune_exact_match"],
-             "tune_f1": p["tune_f1"]} for p in doc.get("curve", [])]
+def _curve_rows(role: str, doc: StageMetrics) -> list[CurveRow]:
+    return [CurveRow(role=role, **point.model_dump()) for point in doc.curve]
 
 
-def _model_entry(doc: dict, model_name: str, latency: dict, params: int) -> dict:
-    return {"model": model_name, "dev": doc["dev"], "tune": doc["tune"], "parameters": params,
-            "mlflow_run_id": doc.get("mlflow_run_id"), "latency_ms": latency}
+def _model_entry(doc: StageMetrics, model_name: str, latency: dict, params: int) -> dict:
+    return {"model": model_name, "dev": doc.dev, "tune": doc.tune, "parameters": params,
+            "mlflow_run_id": doc.mlflow_run_id, "latency_ms": latency}
 
 
 def describe_data(cfg: Config, manifest: dict) -> str:
@@ -86,10 +91,8 @@ def run(cfg: Config) -> dict:
     tcfg = search_stage.trial_config(cfg, params)
     tracker = Tracker(cfg)
     parent = study.user_attrs.get(search_stage.PARENT_ATTR)
-    teacher_doc = read_json(teacher_stage.output_dir(cfg) / "metrics.json", "teacher metrics",
-                            "run `study teacher` first")
-    baseline_doc = read_json(baseline_stage.output_dir(cfg) / "metrics.json", "baseline metrics",
-                             "run `study baseline` first")
+    teacher_doc = read_stage_metrics(teacher_stage.output_dir(cfg) / "metrics.json", "teacher")
+    baseline_doc = read_stage_metrics(baseline_stage.output_dir(cfg) / "metrics.json", "baseline")
     kept = search_stage.output_dir(cfg) / "trials" / str(best.number)
     splits, hashes = load_splits(cfg)
     with staged_dir(output_dir(cfg)) as out:
@@ -103,16 +106,16 @@ def run(cfg: Config) -> dict:
             if (kept / "model").exists() and (kept / "metrics.json").exists():
                 for item in kept.iterdir():
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, out / item.name)
-                best_doc = read_json(out / "metrics.json", "trial metrics", "")
+                best_doc = read_stage_metrics(out / "metrics.json", "search")
             else:  # weights not kept: re-train from the trial's params and seed (deterministic)
-                best_doc = distill_student(tcfg, out, cfg.seed, f"best-trial-{best.number}",
-                                           role="best", handle=handle)
-            best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
+                best_doc = StageMetrics.model_validate(distill_student(
+                    tcfg, out, cfg.seed, f"best-trial-{best.number}", role="best", handle=handle))
+            best_doc.mlflow_run_id = best.user_attrs.get(search_stage.RUN_ATTR)
             version = log_registered_model(handle, out / "model", cfg)
             handle.set_tags({"registered_model_version": version})
-            handle.log_metrics({"dev_f1": best_doc["dev"]["f1"],
-                                "dev_exact_match": best_doc["dev"]["exact_match"],
-                                "tune_f1": best_doc["tune"]["f1"]})
+            handle.log_metrics({"dev_f1": best_doc.dev.f1,
+                                "dev_exact_match": best_doc.dev.exact_match,
+                                "tune_f1": best_doc.tune.f1})
         except BaseException as exc:
             tracker.end(handle, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
                         f"{type(exc).__name__}: {exc}")
@@ -146,17 +149,14 @@ def run(cfg: Config) -> dict:
         "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
     }
     cfg.reports.mkdir(parents=True, exist_ok=True)
-    write_json(cfg.reports / "metrics.json", metrics)
+    metrics = write_metrics(cfg.reports / "metrics.json", metrics).model_dump()
     dvc_metrics.write(cfg.reports, dvc_metrics.of_best(metrics))
-    rows = _curve_rows("baseline", baseline_doc) + _curve_rows("distilled", best_doc)
-    with (cfg.reports / "curves.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["role", "step", "tune_exact_match", "tune_f1"])
-        w.writeheader()
-        w.writerows(rows)
+    write_curves(cfg.reports / "curves.csv",
+                 _curve_rows("baseline", baseline_doc) + _curve_rows("distilled", best_doc))
     # Always written (empty with fewer than two complete trials): a declared output.
     write_json(cfg.reports / "importances.json", importance(study) or {})
     print(f"best trial {best.number} {params}: tune F1 {best.value:.2f}, dev EM/F1 "
-          f"{best_doc['dev']['exact_match']:.2f}/{best_doc['dev']['f1']:.2f}; "
+          f"{best_doc.dev.exact_match:.2f}/{best_doc.dev.f1:.2f}; "
           f"exported to {output_dir(cfg) / 'model'}, registered as "
           f"{metrics['registered_model']['name']} v{version}")
     return metrics

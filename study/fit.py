@@ -21,6 +21,7 @@ from study.metric import squad_metrics
 from study.modeling import parameter_count, save_model
 from study.postprocess import postprocess_predictions
 from study.qa import QASettings, QuestionAnswerer
+from study.results import write_stage_metrics
 from study.tracking import MlflowLogCallback, RunHandle
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
 
@@ -156,7 +157,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, splits: di
     }
     if save:
         save_model(trainer.model, tokenizer, out_dir / "model")
-    write_json(out_dir / "metrics.json", doc)
+    write_stage_metrics(out_dir / "metrics.json", doc)
     if handle is not None:
         final = {f"{split}_{k}": v for split, m in scores.items() for k, v in m.items()}
         final.update(train_seconds=train_seconds, parameters=doc["parameters"])

@@ -23,8 +23,8 @@ from study.baseline import train_baseline
 from study.config import Config
 from study.distill import distill_student
 from study.errors import StudyError
-from study.files import write_json
 from study.metric import per_question
+from study.results import write_seeds
 from study.fit import load_splits
 
 
@@ -123,7 +123,7 @@ def run(cfg: Config) -> dict:
         "paired": paired,
         "mlflow_run_ids": {arm: [d["mlflow_run_id"] for d in ds] for arm, ds in docs.items()},
     }
-    write_json(cfg.reports / "seeds.json", result)
+    write_seeds(cfg.reports / "seeds.json", result)
     dvc_metrics.write(cfg.reports, dvc_metrics.of_seeds(result))
     for name, pb in paired.items():
         print(f"F1 difference {name.replace('_minus_', ' - ')}: {pb['f1_diff']:.2f} "
