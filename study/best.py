@@ -8,7 +8,6 @@ per dev question answered by the predictor (study.qa), batch 1 and batch 32.
 
 from __future__ import annotations
 
-import csv
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +23,13 @@ from study.files import read_json, staged_dir, write_json
 from study.layout import Layout, StageDir
 from study.modeling import parameter_count
 from study.qa import QASettings, QuestionAnswerer
+from study.results import (
+    CurveRow,
+    StageMetrics,
+    read_stage_metrics,
+    write_curves,
+    write_metrics,
+)
 from study.serving import register_champion
 from study.tracking import RunHandle, Tracker, device_name, git_state, package_versions
 from study.fit import apply_runtime, device, load_splits
@@ -49,14 +55,13 @@ def log_registered_model(handle: RunHandle, model_dir: Path, cfg: Config) -> str
     return register_champion(handle, model_dir, QASettings.from_config(cfg), name)
 
 
-def _curve_rows(role: str, doc: dict) -> list[dict]:
-    return [{"role": role, "step": p["step"], "tune_exact_match": p["tune_exact_match"],
-             "tune_f1": p["tune_f1"]} for p in doc.get("curve", [])]
+def _curve_rows(role: str, doc: StageMetrics) -> list[CurveRow]:
+    return [CurveRow(role=role, **point.model_dump()) for point in doc.curve]
 
 
-def _model_entry(doc: dict, model_name: str, latency: dict, params: int) -> dict:
-    return {"model": model_name, "dev": doc["dev"], "tune": doc["tune"], "parameters": params,
-            "mlflow_run_id": doc.get("mlflow_run_id"), "latency_ms": latency}
+def _model_entry(doc: StageMetrics, model_name: str, latency: dict, params: int) -> dict:
+    return {"model": model_name, "dev": doc.dev, "tune": doc.tune, "parameters": params,
+            "mlflow_run_id": doc.mlflow_run_id, "latency_ms": latency}
 
 
 def describe_data(cfg: Config, manifest: dict) -> str:
@@ -82,9 +87,8 @@ def run(cfg: Config) -> dict:
     tracker = Tracker(cfg)
     parent = study.user_attrs.get(search_stage.PARENT_ATTR)
     layout = Layout.of(cfg)
-    teacher_doc = read_json(layout.teacher.metrics, "teacher metrics", "run `study teacher` first")
-    baseline_doc = read_json(layout.baseline.metrics, "baseline metrics",
-                             "run `study baseline` first")
+    teacher_doc = read_stage_metrics(layout.teacher.metrics, "teacher")
+    baseline_doc = read_stage_metrics(layout.baseline.metrics, "baseline")
     kept = layout.search.trial(best.number)
     splits, hashes = load_splits(cfg)
     run_params = {**params, "trial_number": best.number, "seed": cfg.seed,
@@ -98,15 +102,16 @@ def run(cfg: Config) -> dict:
         if kept.model.exists() and kept.metrics.exists():
             for item in kept.root.iterdir():
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
-            best_doc = read_json(out.metrics, "trial metrics", "")
+            best_doc = read_stage_metrics(out.metrics, "search")
         else:  # weights not kept: re-train from the trial's params and seed (deterministic)
-            best_doc = distill_student(tcfg, staging, cfg.seed, handle, role="best").doc
-        best_doc["mlflow_run_id"] = best.user_attrs.get(search_stage.RUN_ATTR)
+            best_doc = StageMetrics.model_validate(
+                distill_student(tcfg, staging, cfg.seed, handle, role="best").doc)
+        best_doc.mlflow_run_id = best.user_attrs.get(search_stage.RUN_ATTR)
         version = log_registered_model(handle, out.model, cfg)
         handle.set_tags({"registered_model_version": version})
-        handle.log_metrics({"dev_f1": best_doc["dev"]["f1"],
-                            "dev_exact_match": best_doc["dev"]["exact_match"],
-                            "tune_f1": best_doc["tune"]["f1"]})
+        handle.log_metrics({"dev_f1": best_doc.dev.f1,
+                            "dev_exact_match": best_doc.dev.exact_match,
+                            "tune_f1": best_doc.tune.f1})
 
     models = {}
     dev = splits["dev"]
@@ -135,17 +140,14 @@ def run(cfg: Config) -> dict:
     }
     reports = layout.reports
     reports.root.mkdir(parents=True, exist_ok=True)
-    write_json(reports.metrics, metrics)
+    metrics = write_metrics(reports.metrics, metrics).model_dump()
     dvc_metrics.write(reports, dvc_metrics.of_best(metrics))
-    rows = _curve_rows("baseline", baseline_doc) + _curve_rows("distilled", best_doc)
-    with reports.curves.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["role", "step", "tune_exact_match", "tune_f1"])
-        w.writeheader()
-        w.writerows(rows)
+    write_curves(reports.curves,
+                 _curve_rows("baseline", baseline_doc) + _curve_rows("distilled", best_doc))
     # Always written (empty with fewer than two complete trials): a declared output.
     write_json(reports.importances, importance(study) or {})
     print(f"best trial {best.number} {params}: tune F1 {best.value:.2f}, dev EM/F1 "
-          f"{best_doc['dev']['exact_match']:.2f}/{best_doc['dev']['f1']:.2f}; "
+          f"{best_doc.dev.exact_match:.2f}/{best_doc.dev.f1:.2f}; "
           f"exported to {layout.best.model}, registered as "
           f"{metrics['registered_model']['name']} v{version}")
     return metrics

@@ -22,6 +22,7 @@ from study.metric import squad_metrics
 from study.modeling import parameter_count, save_model
 from study.postprocess import postprocess_predictions
 from study.qa import QASettings, QuestionAnswerer
+from study.results import write_stage_metrics
 from study.tracking import MlflowLogCallback, RunHandle
 from study.teacher_logits import build_or_load
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
@@ -174,7 +175,7 @@ def _record(folder: StageDir, handle: RunHandle | None, fitted: Fitted, model, t
         write_json(folder.predictions(name), texts)
     if save:
         save_model(model, tokenizer, folder.model)
-    write_json(folder.metrics, doc)
+    write_stage_metrics(folder.metrics, doc)
     if handle is None:
         return
     final = {f"{split}_{k}": v for split in ("tune", "dev") for k, v in doc[split].items()}

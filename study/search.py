@@ -11,8 +11,6 @@ The objective is F1 on `tune`; `dev` is scored at the end of each trial, for rep
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import shutil
@@ -24,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 from transformers import TrainerCallback
 
 from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
-from study.files import read_json, write_atomic
 from study.layout import Layout, SearchDir
+from study.results import TrialRow, read_stage_metrics, write_trials
 from study.storage import (
     known_experimental,
     open_optuna_storage,
@@ -231,7 +230,7 @@ def _linked_runs(cfg: Config) -> dict[str, str]:
     for role, folder in (("teacher", layout.teacher), ("baseline", layout.baseline)):
         path = folder.metrics
         if path.exists():
-            tags[f"{role}_run_id"] = read_json(path, f"{role} metrics", "").get("mlflow_run_id") or ""
+            tags[f"{role}_run_id"] = read_stage_metrics(path, role).mlflow_run_id or ""
     return tags
 
 
@@ -282,27 +281,33 @@ def summarise(study: optuna.Study) -> dict[str, Any]:
     return doc
 
 
+def trials_table(study: optuna.Study) -> list[TrialRow]:
+    """One row per trial, from Optuna's own table (`study.trials_dataframe`). A column is a
+    trial's param of that name, else its user attr (tune/dev scores, RUN_ATTR, ARM_ATTR,
+    fail_reason): TrialRow names the columns."""
+    frame = study.trials_dataframe(
+        attrs=("number", "value", "state", "duration", "params", "user_attrs"), multi_index=True)
+    if frame.empty:
+        return []
+    frame = frame.sort_values(("number", ""), kind="stable")
+    none = pd.Series(None, index=frame.index, dtype=object)
+    rows = pd.DataFrame({name: next((frame[(group, name)] for group in ("params", "user_attrs")
+                                     if (group, name) in frame), none)
+                         for name in TrialRow.model_fields})
+    value = frame["value"].iloc[:, 0]  # named after the objective when it has a name
+    rows["number"], rows["state"] = frame[("number", "")], frame[("state", "")]
+    # A pruned trial without a value (no evaluation reported) may still carry its tune F1.
+    rows["tune_f1"] = value.where(value.notna(), rows["tune_f1"])
+    # Python's round (not numpy's), and a zero duration left empty, as before.
+    rows["duration_s"] = frame[("duration", "")].map(
+        lambda d: round(d.total_seconds(), 1) if pd.notna(d) and d else None)
+    rows[design.ARM_ATTR] = rows[design.ARM_ATTR].fillna("searched")  # not enqueued by design
+    records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+    return [TrialRow.model_validate(r) for r in records]
+
+
 def export_trials(study: optuna.Study, path: Path) -> None:
-    cols = ["number", "state", "temperature", "alpha_ce", "alpha_squad", "learning_rate",
-            "tune_f1", "tune_exact_match", "dev_f1", "dev_exact_match", "duration_s",
-            "mlflow_run_id", "arm", "fail_reason"]
-    text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=cols)
-    w.writeheader()
-    for t in sorted(study.trials, key=lambda t: t.number):
-        ua = t.user_attrs
-        w.writerow({
-            "number": t.number, "state": t.state.name,
-            **{k: t.params.get(k, "") for k in ("temperature", "alpha_ce", "alpha_squad",
-                                                "learning_rate")},
-            "tune_f1": t.value if t.value is not None else ua.get("tune_f1", ""),
-            "tune_exact_match": ua.get("tune_exact_match", ""),
-            "dev_f1": ua.get("dev_f1", ""), "dev_exact_match": ua.get("dev_exact_match", ""),
-            "duration_s": round(t.duration.total_seconds(), 1) if t.duration else "",
-            "mlflow_run_id": ua.get(RUN_ATTR, ""), "arm": ua.get(design.ARM_ATTR, "searched"),
-            "fail_reason": ua.get("fail_reason", ""),
-        })
-    write_atomic(path, text.getvalue())
+    write_trials(path, trials_table(study))
 
 
 def prune_weights(study: optuna.Study, cfg: Config) -> None:

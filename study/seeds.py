@@ -22,9 +22,9 @@ from study.baseline import train_baseline
 from study.config import Config
 from study.distill import distill_run, distill_student
 from study.errors import StudyError
-from study.files import write_json
 from study.layout import Layout
 from study.metric import per_question
+from study.results import write_seeds
 from study.fit import load_splits
 
 
@@ -126,7 +126,7 @@ def run(cfg: Config) -> dict:
         "mlflow_run_ids": {arm: [d["mlflow_run_id"] for d in ds] for arm, ds in docs.items()},
     }
     reports = Layout.of(cfg).reports
-    write_json(reports.seeds, result)
+    write_seeds(reports.seeds, result)
     dvc_metrics.write(reports, dvc_metrics.of_seeds(result))
     for name, pb in paired.items():
         print(f"F1 difference {name.replace('_minus_', ' - ')}: {pb['f1_diff']:.2f} "
