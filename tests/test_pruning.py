@@ -21,10 +21,11 @@ def test_each_pruner_name_builds_its_pruner(params_path, name, cls):
 
 
 def test_the_resource_is_evaluation_rounds(params_path):
-    cfg = load_config(params_path, "default")
+    recipe = ["student.train.epochs=4", "student.train.evals_per_epoch=2"]
+    cfg = load_config(params_path, "default", recipe)
     spec = cfg.student.train
     assert evaluation_rounds(cfg) == spec.epochs * spec.evals_per_epoch == 8
-    assert make_pruner(load_config(params_path, "default", ["search.pruner=hyperband"])
+    assert make_pruner(load_config(params_path, "default", [*recipe, "search.pruner=hyperband"])
                        )._max_resource == 8
 
 
