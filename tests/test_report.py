@@ -12,36 +12,25 @@ from study.report import FIGURES, build_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+def _model(name: str, dev: tuple, tune: tuple, parameters: int, run: str, latency: tuple) -> dict:
+    """One model's entry in metrics.json: (EM, F1) pairs and (batch 1, batch 32) latencies."""
+    return {"model": name, "dev": {"exact_match": dev[0], "f1": dev[1]},
+            "tune": {"exact_match": tune[0], "f1": tune[1]}, "parameters": parameters,
+            "mlflow_run_id": run, "latency_ms": {"batch1": latency[0], "batch32": latency[1]}}
+
+
+STUDENT = "DistilBERT-style student (3 of the teacher's layers)"
 METRICS = {
     "profile": "default",
     "data": "embedded XQuAD-en (1,190 SQuAD v1.1 dev questions), split by article: "
     "train 713 / tune 180 / dev 297 questions",
-    "teacher": {
-        "model": "MiniLM-L6-H384 (6 layers)",
-        "dev": {"exact_match": 40.1, "f1": 52.3},
-        "tune": {"exact_match": 38.0, "f1": 50.2},
-        "parameters": 22_700_000,
-        "mlflow_run_id": "run-teacher-0001",
-        "latency_ms": {"batch1": 12.3, "batch32": 4.1},
-    },
-    "baseline": {
-        "model": "DistilBERT-style student (3 of the teacher's layers)",
-        "dev": {"exact_match": 28.4, "f1": 39.0},
-        "tune": {"exact_match": 27.2, "f1": 37.5},
-        "parameters": 17_400_000,
-        "mlflow_run_id": "run-baseline-0002",
-        "latency_ms": {"batch1": 6.8, "batch32": 2.2},
-    },
-    "distilled": {
-        "model": "DistilBERT-style student (3 of the teacher's layers)",
-        "dev": {"exact_match": 31.0, "f1": 43.1},
-        "tune": {"exact_match": 29.9, "f1": 41.3},
-        "parameters": 17_400_000,
-        "mlflow_run_id": "run-distilled-0003",
-        "latency_ms": {"batch1": 6.9, "batch32": 2.3},
-        "trial": 3,
-        "params": {"temperature": 3.1, "alpha_ce": 0.6, "alpha_squad": 0.4},
-    },
+    "teacher": _model("MiniLM-L6-H384 (6 layers)", (40.1, 52.3), (38.0, 50.2), 22_700_000,
+                      "run-teacher-0001", (12.3, 4.1)),
+    "baseline": _model(STUDENT, (28.4, 39.0), (27.2, 37.5), 17_400_000, "run-baseline-0002",
+                       (6.8, 2.2)),
+    "distilled": {**_model(STUDENT, (31.0, 43.1), (29.9, 41.3), 17_400_000, "run-distilled-0003",
+                           (6.9, 2.3)),
+                  "trial": 3, "params": {"temperature": 3.1, "alpha_ce": 0.6, "alpha_squad": 0.4}},
     "search": {
         "study_name": "kd-search",
         "n_trials": 6,
