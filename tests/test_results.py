@@ -103,8 +103,17 @@ def test_committed_curves_csv_round_trip(tmp_path):
 
 
 def test_old_seeds_file_reads_as_one_difference():
-    seeds = results.read_seeds(REPORTS / "seeds.json")
+    # reports/seeds.json as a default run wrote it before `seeds` had the authors' arm.
+    seeds = results.read_seeds(Path(__file__).parent / "data" / "seeds_two_arms.json")
     assert seeds.authors is None and list(seeds.paired) == ["distilled_minus_baseline"]
+
+
+def test_committed_seeds_file_has_three_arms_and_three_differences():
+    seeds = results.read_seeds(REPORTS / "seeds.json")
+    assert seeds.authors is not None and sorted(seeds.paired) == [
+        "authors_minus_baseline", "distilled_minus_authors", "distilled_minus_baseline"]
+    for diff in seeds.paired.values():
+        assert diff.ci95[0] <= diff.f1_diff <= diff.ci95[1]
 
 
 # --------------------------------------------------------------------------- refusals
