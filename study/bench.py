@@ -2,11 +2,13 @@
 (a) plain fine-tuning, (b) distillation with the live teacher, (c) distillation with the
 cache. Times go to reports/bench.json; target (c)/(a) <= 1.05.
 
-`study bench --pruning`: what pruning buys. The same seeded search (same sampler seed, same
-number of configurations, the authors' setting first) with no pruning and with the
-configured pruner: trial-epochs trained, wall time, best `tune` F1 and its dev F1, into the
-`pruning` section of reports/bench.json. Target: >= 40% fewer trial-epochs with the best
-`tune` F1 within 1 point.
+`study bench --pruning`: what pruning buys, and whether it keeps the best configuration. The
+same seeded search (same sampler seed, same number of configurations, the authors' setting
+first) with no pruning and with each pruner asked for: training steps, wall time, each trial's
+curve, best `tune` F1 and its dev F1, into the `pruning` section of reports/bench.json. Over
+the unpruned arm's complete trials, the rank correlation between each evaluation round's
+`tune` F1 and the final one says where a pruner can decide. Target: >= 30% fewer training
+steps with the best `tune` F1 within 1 point of the unpruned search's.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import transformers
-from transformers import DataCollatorWithPadding
+from scipy import stats
+from transformers import DataCollatorWithPadding, TrainerCallback
 
 from study import teacher as teacher_stage
 from study.teacher_logits import build_or_load
@@ -96,7 +100,22 @@ def update_bench(cfg: Config, section: dict) -> None:
     write_json(path, doc)
 
 
+class _StepCounter(TrainerCallback):
+    """The training steps each trial took before it ended or was pruned."""
+
+    def __init__(self):
+        self.last, self.per_trial = 0, {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.last = state.global_step
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.per_trial[trial.number], self.last = self.last, 0
+
+
 def _search_once(cfg: Config, pruner: str, n_configs: int, out_root: Path) -> dict:
+    """One seeded search of `n_configs` configurations under `pruner`: each trial's curve
+    (tune F1 per evaluation round), final value and training steps."""
     from study import design, search
 
     pcfg = cfg.replace(search={"pruner": pruner, "keep_weights": False})
@@ -106,47 +125,107 @@ def _search_once(cfg: Config, pruner: str, n_configs: int, out_root: Path) -> di
                                            n_startup_trials=cfg.search.n_startup_trials),
         pruner=search.make_pruner(pcfg), direction="maximize")
     design.initialise(study, pcfg)
-    tracker = Tracker(pcfg)
+    tracker, counter = Tracker(pcfg), _StepCounter()
     t0 = time.perf_counter()
     with tracker.run(study.study_name, "bench", params={"pruner": pruner,
                                                         "n_configs": n_configs}) as parent:
         objective = search.Objective(pcfg, tracker, parent.run_id, study.study_name,
-                                     folder=SearchDir(out_root / pruner))
-        study.optimize(objective, n_trials=n_configs, catch=(Exception,))
+                                     folder=SearchDir(out_root / pruner), callbacks=[counter])
+        study.optimize(objective, n_trials=n_configs, catch=(Exception,), callbacks=[counter])
     wall = time.perf_counter() - t0
-    rounds = search.evaluation_rounds(pcfg)
-    per_epoch = rounds / pcfg.student.train.epochs
-    trained = sum(t.last_step or 0 for t in study.trials)
     best = study.best_trial
-    return {"pruner": pruner, "configurations": len(study.trials),
+    return {"pruner": pruner, "pruner_warmup_rounds": cfg.search.pruner_warmup_rounds,
+            "configurations": len(study.trials),
             "states": {s: sum(t.state.name == s for t in study.trials)
                        for s in ("COMPLETE", "PRUNED", "FAIL")},
-            "trial_epochs": round(trained / per_epoch, 3), "wall_seconds": round(wall, 1),
+            "training_steps": sum(counter.per_trial.values()), "wall_seconds": round(wall, 1),
             "best_trial": best.number, "best_tune_f1": best.value,
-            "best_dev_f1": best.user_attrs.get("dev_f1")}
+            "best_dev_f1": best.user_attrs.get("dev_f1"),
+            "trials": [{"number": t.number, "state": t.state.name, "params": t.params,
+                        "tune_f1": t.value, "steps": counter.per_trial.get(t.number),
+                        "rounds": [t.intermediate_values[k]
+                                   for k in sorted(t.intermediate_values)]}
+                       for t in study.trials],
+            "environment": {**git_state(), "versions": package_versions(),
+                            "device": device_name()}}
 
 
-def pruning(cfg: Config, n_configs: int | None = None) -> dict:
+def rank_correlations(trials: list[dict]) -> list[dict]:
+    """Over complete trials: Spearman's rank correlation between each evaluation round's tune
+    F1 and the final tune F1, and where the eventual best trial stands at that round. A pruner
+    that decides at round r keeps the best configuration only if round r ranks like the end."""
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    if len(done) < 3:
+        return []
+    final = np.array([t["tune_f1"] for t in done])
+    best = int(np.argmax(final))
+    out = []
+    for r in range(min(len(t["rounds"]) for t in done)):
+        at = np.array([t["rounds"][r] for t in done])
+        rho = stats.spearmanr(at, final).statistic
+        out.append({"round": r + 1, "spearman": round(float(rho), 4), "trials": len(done),
+                    "best_rank": int((at > at[best]).sum()) + 1})
+    return out
+
+
+def _same_bench(section: dict, key: dict) -> bool:
+    return all(section.get(k) == v for k, v in key.items())
+
+
+def pruning(cfg: Config, n_configs: int | None = None, pruners: list[str] | None = None) -> dict:
+    """Run the seeded search once per pruner in `pruners` (default: none and the configured
+    one) and compare each pruned arm with the unpruned arm. Arms already in reports/bench.json
+    for the same settings are kept, so an arm can be added without re-running the others."""
+    from study import design, search
+
     n_configs = n_configs or cfg.search.n_trials
     chosen = cfg.search.pruner if cfg.search.pruner != "none" else "median"
+    pruners = pruners or ["none", chosen]
+    key = {"profile": cfg.profile, "sampler_seed": cfg.search.sampler_seed,
+           "n_startup_trials": cfg.search.n_startup_trials, "configurations": n_configs,
+           "fixed_settings": design.fixed_settings(cfg),
+           "evaluation_rounds": search.evaluation_rounds(cfg)}
+    path = Layout.of(cfg).reports.bench
+    old = (read_json(path, "benchmark file", "") if path.exists() else {}).get("pruning", {})
+    arms = dict(old.get("arms", {})) if _same_bench(old, key) else {}
     with tempfile.TemporaryDirectory() as tmp:
-        arms = {name: _search_once(cfg, name, n_configs, Path(tmp)) for name in ("none", chosen)}
-    off, on = arms["none"], arms[chosen]
-    saved = 1 - on["trial_epochs"] / off["trial_epochs"] if off["trial_epochs"] else None
-    doc = {"pruning": {
-        "profile": cfg.profile, "sampler_seed": cfg.search.sampler_seed, "configurations": n_configs,
-        "no_pruning": off, "pruned": on,
-        "trial_epochs_saved": None if saved is None else round(saved, 4),
-        "best_tune_f1_change": round(on["best_tune_f1"] - off["best_tune_f1"], 4),
-        "target": {"trial_epochs_saved_at_least": 0.40, "best_tune_f1_within": 1.0},
-        "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
-    }}
-    update_bench(cfg, doc)
-    p = doc["pruning"]
-    print(f"pruning ({chosen}): {on['trial_epochs']} trial-epochs vs {off['trial_epochs']} "
-          f"without ({p['trial_epochs_saved']:.0%} saved), best tune F1 {on['best_tune_f1']:.2f} "
-          f"vs {off['best_tune_f1']:.2f}; wall {on['wall_seconds']} s vs {off['wall_seconds']} s")
-    return doc
+        for name in pruners:
+            label = name if name == "none" else f"{name}@{cfg.search.pruner_warmup_rounds}"
+            arms[label] = _search_once(cfg, name, n_configs, Path(tmp))
+            section = _pruning_section(key, arms)
+            update_bench(cfg, {"pruning": section})  # each arm is kept as soon as it ends
+    for c in section["comparisons"]:
+        print(f"pruning ({c['arm']}): {c['training_steps']} training steps vs "
+              f"{c['unpruned_training_steps']} without ({c['training_steps_saved']:.0%} saved), "
+              f"best tune F1 {c['best_tune_f1']:.2f} vs {c['unpruned_best_tune_f1']:.2f}"
+              f" (target met: {c['target_met']})")
+    for rc in section["rank_correlation"]:
+        print(f"round {rc['round']}: Spearman {rc['spearman']:+.2f} with the final tune F1, "
+              f"eventual best ranked {rc['best_rank']} of {rc['trials']}")
+    return section
+
+
+PRUNING_TARGET = {"training_steps_saved_at_least": 0.30, "best_tune_f1_within": 1.0}
+
+
+def _pruning_section(key: dict, arms: dict) -> dict:
+    off = arms.get("none")
+    comparisons = []
+    for label, on in arms.items():
+        if label == "none" or off is None:
+            continue
+        saved = 1 - on["training_steps"] / off["training_steps"]
+        change = on["best_tune_f1"] - off["best_tune_f1"]
+        comparisons.append({
+            "arm": label, "training_steps": on["training_steps"],
+            "unpruned_training_steps": off["training_steps"],
+            "training_steps_saved": round(saved, 4),
+            "best_tune_f1": on["best_tune_f1"], "unpruned_best_tune_f1": off["best_tune_f1"],
+            "best_tune_f1_change": round(change, 4),
+            "target_met": bool(saved >= PRUNING_TARGET["training_steps_saved_at_least"]
+                               and change >= -PRUNING_TARGET["best_tune_f1_within"])})
+    return {**key, "arms": arms, "target": PRUNING_TARGET, "comparisons": comparisons,
+            "rank_correlation": rank_correlations(off["trials"]) if off else []}
 
 
 # --------------------------------------------------------------------------- fixed cost

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "size, before and after it was done once per data version")
     b.add_argument("--n-configs", type=int, default=None,
                    help="configurations per search with --pruning (default: search.n_trials)")
+    b.add_argument("--pruners", default=None,
+                   help="with --pruning: comma-separated arms to run (default: none and "
+                        "search.pruner); arms already in reports/bench.json are kept")
     u = add("ui", "start the MLflow UI on the project's tracking store (127.0.0.1)")
     u.add_argument("--port", type=int, default=5000)
     r = add("run", "the main job: " + ", ".join(RUN_CHAIN))
@@ -103,7 +106,8 @@ def dispatch(args: argparse.Namespace) -> None:
     elif cmd == "bench":
         bench = _stage("bench")
         if args.pruning:
-            bench.pruning(cfg, n_configs=args.n_configs)
+            bench.pruning(cfg, n_configs=args.n_configs,
+                          pruners=args.pruners.split(",") if args.pruners else None)
         elif args.fixed_cost:
             bench.fixed_cost(cfg)
         else:

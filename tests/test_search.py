@@ -320,20 +320,38 @@ def test_bench_writes_times_and_ratios(ws):
     assert doc["cache_build_seconds"] > 0
 
 
-def test_pruning_bench_counts_the_epochs_each_search_trained(ws):
+def test_pruning_bench_counts_the_steps_each_search_trained(ws):
+    bench = ws / SMOKE.reports.bench
+    bench.parent.mkdir(parents=True, exist_ok=True)
+    bench.write_text(json.dumps({"other_section": {"kept": True}}))
     study_cli(ws, "bench", "--pruning", "--n-configs", "3", "--set", "search.pruner=hyperband",
               "--set", "search.pruner_warmup_rounds=1")
     doc = json.loads((ws / SMOKE.reports.bench).read_text())
-    assert doc["plain_seconds"] > 0  # the cache benchmark's figures are kept
+    assert doc["other_section"] == {"kept": True}  # what other benchmarks wrote is kept
     p = doc["pruning"]
-    off, on = p["no_pruning"], p["pruned"]
+    off, on = p["arms"]["none"], p["arms"]["hyperband@1"]
     assert off["pruner"] == "none" and on["pruner"] == "hyperband"
-    # Without pruning every configuration trains all its epochs (smoke: 2).
+    # Without pruning every configuration trains all its steps, and reports every round.
     assert off["states"] == {"COMPLETE": 3, "PRUNED": 0, "FAIL": 0}
-    assert off["trial_epochs"] == 3 * 2
-    assert on["configurations"] == 3 and on["trial_epochs"] <= off["trial_epochs"]
-    # Written rounded to 4 decimals.
-    assert p["trial_epochs_saved"] == pytest.approx(
-        1 - on["trial_epochs"] / off["trial_epochs"], abs=1e-4)
+    full = off["trials"][0]["steps"]
+    assert full > 0 and [t["steps"] for t in off["trials"]] == [full] * 3
+    assert off["training_steps"] == 3 * full
+    assert all(len(t["rounds"]) == len(off["trials"][0]["rounds"]) >= 2 for t in off["trials"])
+    assert on["configurations"] == 3 and on["training_steps"] <= off["training_steps"]
+    (c,) = p["comparisons"]
+    assert c["arm"] == "hyperband@1"
+    assert c["training_steps_saved"] == pytest.approx(
+        1 - on["training_steps"] / off["training_steps"], abs=1e-4)
+    # One rank correlation per evaluation round, over the 3 complete unpruned trials.
+    assert [r["round"] for r in p["rank_correlation"]] == list(
+        range(1, len(off["trials"][0]["rounds"]) + 1))
+    assert all(-1 <= r["spearman"] <= 1 and r["trials"] == 3 for r in p["rank_correlation"])
     # The same seeded sampler: the first configuration (the authors' setting) is shared.
-    assert on["best_tune_f1"] > 0 and off["best_tune_f1"] > 0
+    assert on["trials"][0]["params"] == off["trials"][0]["params"]
+
+    # Adding an arm keeps the arms already measured under the same settings.
+    study_cli(ws, "bench", "--pruning", "--n-configs", "3", "--pruners", "median",
+              "--set", "search.pruner_warmup_rounds=1")
+    p2 = json.loads((ws / SMOKE.reports.bench).read_text())["pruning"]
+    assert set(p2["arms"]) == {"none", "hyperband@1", "median@1"}
+    assert p2["arms"]["none"] == off
