@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="predictions file, id -> answer (default: predictions.json)")
     p.add_argument("--question", help="one question (with --context): print its answer")
     p.add_argument("--context", help="the passage for --question")
-    add("seeds", "re-train baseline and best distilled config with several seeds; CIs")
+    sd = add("seeds", "re-train the baseline, the authors' setting and the searched best with "
+                      "several seeds; CIs over seeds and questions")
+    sd.add_argument("--add", type=int, default=None, metavar="N",
+                    help="train N more seeds and pool them with the recorded ones")
     add("report", "regenerate reports/ (tables, figures) from the exported results")
     b = add("bench", "time plain fine-tuning vs live-teacher vs cached-teacher distillation")
     b.add_argument("--steps", type=int, default=None, help="training steps per variant")
@@ -115,6 +118,8 @@ def dispatch(args: argparse.Namespace) -> None:
     elif cmd == "predict":
         _stage("predict").run(cfg, args.model, data=args.data, out=args.out,
                               question=args.question, context=args.context)
+    elif cmd == "seeds":
+        _stage("seeds").run(cfg, add=args.add)
     elif cmd == "ui":
         _stage("ui").run(cfg, port=args.port)
     elif cmd == "run":

@@ -6,6 +6,7 @@
         teacher/ baseline/ distill/ best/
                          model/ (weights + tokenizer), metrics.json, predictions_<split>.json
         search/trials/<number>/   a trial's folder, laid out like a stage folder
+        seeds/runs.json  every seed training of `study seeds`, scored per dev question
         teacher_cache/   teacher logits, keyed by what they depend on
         windows/         tokenised windows, cached per data version
     reports/             metrics.json trials.csv curves.csv importances.json seeds.json
@@ -170,6 +171,11 @@ class Layout:
         return StageDir(self.artifacts / "best")
 
     @property
+    def seed_runs(self) -> Path:
+        """Every training of `study seeds`, scored per dev question (`--add` pools with it)."""
+        return self.artifacts / "seeds" / "runs.json"
+
+    @property
     def teacher_cache(self) -> Path:
         return self.artifacts / "teacher_cache"
 
@@ -191,7 +197,8 @@ class Layout:
             "best": StageIO((self.data.root, self.search.root, self.teacher.root,
                              self.baseline.root),
                             (self.best.root, r.metrics, r.curves, r.importances)),
-            "seeds": StageIO((self.data.root, self.search.root, self.teacher.root), (r.seeds,)),
+            "seeds": StageIO((self.data.root, self.search.root, self.teacher.root),
+                             (self.seed_runs.parent, r.seeds)),
             "report": StageIO((r.metrics, r.trials, r.curves, r.importances, r.seeds),
                               (r.report, r.figures, r.history)),
         }

@@ -165,31 +165,76 @@ class SeedCIs(BaseModel):
 
 
 class SeedRuns(BaseModel):
+    """One arm over seeds: per-seed dev scores, and the mean with its 95% CI over seeds and
+    questions (study.intervals)."""
+
     exact_match: list[float]
     f1: list[float]
     mean: SeedMeans
     ci95: SeedCIs
+    seeds: list[int] | None = None
+    half_width: SeedMeans | None = None
 
 
-class PairedBootstrap(BaseModel):
+class Calibration(BaseModel):
+    """The interval checked by simulation at the comparison's own variance components."""
+
+    sd_seed: float
+    sd_question: float
+    sd_residual: float
+    studies: int
+    excludes_zero_with_no_difference: float
+    coverage: float
+    effect_twice_seed_sd: float
+    excludes_zero_with_that_effect: float
+
+
+class PairedDifference(BaseModel):
+    """Mean dev-F1 difference b - a, paired by seed and question; `ci95` resamples what
+    `resampled` names. Files written before seeds were resampled have only `f1_diff`, `ci95`
+    (questions alone) and `questions`."""
+
     f1_diff: float
     ci95: CI
-    samples: int | None = None
+    half_width: float | None = None
+    se: float | None = None
+    df: float | None = None
+    seeds: list[int] | None = None
     questions: int | None = None
+    resampled: list[str] = ["questions"]
+    per_seed: list[float] | None = None
+    seed_t_ci95: CI | None = None
+    question_bootstrap_ci95: CI | None = None
+    calibration: Calibration | None = None
+
+
+class GapRecovered(BaseModel):
+    """Share (%) of the teacher - baseline dev F1 gap an arm recovers, with its 95% CI."""
+
+    estimate: float
+    ci95: CI
+    half_width: float
+    seeds: list[int]
+    questions: int
+    resampled: list[str]
+    teacher_f1: float
 
 
 class SeedsDoc(BaseModel):
     """Arms `baseline` (no teacher), `authors` (T = 2, 0.5/0.5) and `distilled` (the searched
-    best), and the paired dev-F1 differences between them, named `<b>_minus_<a>`."""
+    best), the paired dev-F1 differences between them, named `<b>_minus_<a>`, and the share of
+    the teacher's gap each distilled arm recovers."""
 
     seeds: list[int]
     trial: int | None = None
     params: dict[str, float] | None = None
     authors_params: dict[str, float] | None = None
+    method: str | None = None
     baseline: SeedRuns
     authors: SeedRuns | None = None
     distilled: SeedRuns
-    paired: dict[str, PairedBootstrap]
+    paired: dict[str, PairedDifference]
+    gap_recovered: dict[str, GapRecovered] | None = None
     mlflow_run_ids: dict[str, list[str | None]] | None = None
 
     @model_validator(mode="before")

@@ -161,3 +161,23 @@ def test_teacher_before_prepare_says_run_prepare(tmp_path):
     proc = study(tmp_path, "teacher")
     assert_one_line_error(proc, "run `study prepare`")
     assert not (tmp_path / SMOKE.teacher.root).exists()
+
+
+def test_seeds_add_trains_only_the_new_seeds_and_pools_them(full_run):
+    # Last in this module: it adds a seed to the main job's result.
+    before = json.loads((full_run / SMOKE.reports.seeds).read_text())
+    assert_one_line_error(study(full_run, "seeds", "--add", "0"), "--add", "got 0")
+    proc = ok(study(full_run, "seeds", "--add", "1"))
+    trained = [line for line in proc.stdout.splitlines() if line.startswith("seed ")]
+    assert [line.split(":")[0] for line in trained] == [
+        "seed 4 baseline", "seed 4 authors", "seed 4 distilled"]  # seeds 1-3 not re-trained
+    after = json.loads((full_run / SMOKE.reports.seeds).read_text())
+    assert after["seeds"] == [1, 2, 3, 4]
+    for arm in ("baseline", "authors", "distilled"):
+        assert after[arm]["f1"][:3] == before[arm]["f1"] and len(after[arm]["f1"]) == 4
+        assert after["mlflow_run_ids"][arm][:3] == before["mlflow_run_ids"][arm]
+    for diff in after["paired"].values():
+        assert diff["seeds"] == [1, 2, 3, 4] and diff["resampled"] == ["seeds", "questions"]
+    # The report reads the pooled result.
+    ok(study(full_run, "report"))
+    assert "Seeds: 1, 2, 3, 4." in (full_run / SMOKE.reports.report).read_text()

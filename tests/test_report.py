@@ -159,8 +159,10 @@ def test_report_with_seeds_and_no_importances(tmp_path):
     assert "dev F1 (± 95% CI)" in md
     assert "| 28.2 ± 2.6 | 39.0 ± 2.7 |" in md  # baseline: mean ± half-width
     assert "| 31.2 ± 2.7 | 43.2 [40.4, 46.3] |" in md  # asymmetric CI shown as bounds
-    assert "+4.2 points, 95% CI [+1.9, +6.4]" in md
-    assert "distinguishable from zero" in md and "not distinguishable" not in md
+    # A file written before seeds were resampled: its interval says it covers questions only.
+    assert "| Searched best − baseline | +4.2 | [+1.9, +6.4] | ±2.2 | – | – | yes (positive) |" in md
+    assert "95% CI (questions only)" in md and "seed variance is not in them" in md
+    assert "seed variance is NOT in this interval, so it is too narrow" in md
     # The table now holds seed means: (43.2 - 39.0) / (52.3 - 39.0) = 31.6%
     assert "recovers 32% of the teacher–baseline dev F1 gap" in md
     assert "Parameter importances: not run" in md
@@ -175,7 +177,9 @@ def test_ci_including_zero_is_reported_as_such(tmp_path):
     from study.report import load_inputs, render_markdown
 
     md = render_markdown(load_inputs(folder))  # text only: no figures needed
-    assert "The CI includes 0: the difference is not distinguishable from zero." in md
+    assert "| +0.6 | [-0.8, +2.0] | ±1.4 | – | – | no detectable difference |" in md
+    assert ("no detectable difference. This study could not have detected a difference smaller "
+            "than about ±1.4 F1 points (the interval's half-width)") in md
 
 
 @pytest.mark.parametrize("name", ["metrics.json", "trials.csv", "curves.csv"])
@@ -280,7 +284,9 @@ def three_arm_seeds(authors_minus_baseline: list[float], distilled_minus_authors
     seeds["trial"] = 3
 
     def diff(ci):
-        return {"f1_diff": sum(ci) / 2, "ci95": ci, "samples": 2000, "questions": 297}
+        return {"f1_diff": sum(ci) / 2, "ci95": ci, "half_width": (ci[1] - ci[0]) / 2,
+                "questions": 297, "seeds": [1, 2, 3], "resampled": ["seeds", "questions"],
+                "per_seed": [ci[0], sum(ci) / 2, ci[1]], "seed_t_ci95": [ci[0] - 1, ci[1] + 1]}
 
     seeds["paired"] = {"authors_minus_baseline": diff(authors_minus_baseline),
                        "distilled_minus_authors": diff(distilled_minus_authors),
@@ -303,11 +309,15 @@ def test_findings_say_what_each_question_found(tmp_path):
     text = findings_of(folder, three_arm_seeds([1.2, 5.0], [-0.9, 1.5]))
     first, second = [p for p in text.strip().split("\n\n") if p]
     assert first.startswith("**Does distillation beat no teacher?**")
-    assert "+3.1 dev F1 points (95% CI [+1.2, +5.0]" in first
+    assert ("+3.1 dev F1 points (95% CI [+1.2, +5.0], paired; seeds (1, 2, 3) and the same "
+            "297 dev questions both resampled)") in first
     assert first.endswith(": distillation helps.")
     assert second.startswith("**Does the searched setting beat the authors'?**")
     assert "T = 3.1" in second and "[-0.9, +1.5]" in second
-    assert second.endswith(": no detectable difference.")
+    # The words follow the interval, and say how small a difference could have been seen.
+    assert second.endswith(": no detectable difference. This study could not have detected a "
+                           "difference smaller than about ±1.2 F1 points (the interval's "
+                           "half-width); more seeds (`study seeds --add N`) would narrow it.")
 
 
 def test_findings_for_a_ci_below_zero_and_for_the_authors_as_winner(tmp_path):

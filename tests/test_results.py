@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from conftest import REPO_ROOT
@@ -18,6 +19,7 @@ from study import results
 from study.errors import StudyError
 from study.files import write_atomic, write_json
 from study.search import RUN_ATTR, export_trials, trials_table
+from study.seeds import summarise
 from study.storage import known_experimental
 
 REPORTS = REPO_ROOT / "reports"
@@ -38,28 +40,25 @@ STAGE = {
 }
 
 
-def _arm(em: list[float], f1: list[float]) -> dict:
-    return {"exact_match": em, "f1": f1, "mean": {"exact_match": sum(em) / 3, "f1": sum(f1) / 3},
-            "ci95": {"exact_match": [min(em), max(em)], "f1": [min(f1), max(f1)]}}
+def _runs(seed: int = 0, n_seeds: int = 3, questions: int = 40) -> dict:
+    """Recorded seed trainings (arm -> seed -> per-question scores), as `study seeds` keeps."""
+    rng = np.random.default_rng(seed)
+    runs = {}
+    for arm, p in (("baseline", 0.2), ("authors", 0.3), ("distilled", 0.35)):
+        runs[arm] = {}
+        for s in range(1, n_seeds + 1):
+            f1 = (rng.random(questions) < p) * 100.0
+            runs[arm][str(s)] = {"exact_match": f1.mean() * 0.8, "f1": f1.mean(),
+                                 "mlflow_run_id": f"{arm}-{s}", "per_question_em": list(f1 * 0.8),
+                                 "per_question_f1": list(f1)}
+    return runs
 
 
-def _diff(low: float, high: float) -> dict:
-    return {"f1_diff": (low + high) / 2, "ci95": [low, high], "samples": 2000, "questions": 334}
-
-
-SEEDS = {
-    "seeds": [1, 2, 3], "trial": 2,
-    "params": {"temperature": 1.19, "alpha_ce": 0.87, "alpha_squad": 0.6},
-    "authors_params": {"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5},
-    "baseline": _arm([12.5, 13.4, 8.3], [20.2, 20.8, 13.6]),
-    "authors": _arm([15.1, 16.0, 14.2], [24.0, 25.5, 22.1]),
-    "distilled": _arm([18.5, 18.2, 15.2], [28.1, 27.3, 21.9]),
-    "paired": {"authors_minus_baseline": _diff(3.1, 7.2),
-               "distilled_minus_authors": _diff(-0.4, 2.5),
-               "distilled_minus_baseline": _diff(5.4, 9.7)},
-    "mlflow_run_ids": {"baseline": ["a", "b", "c"], "authors": ["d", "e", "f"],
-                       "distilled": ["g", "h", None]},
-}
+AUTHORS = {"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5}
+SEEDS = summarise(_runs(), {"baseline": None, "authors": AUTHORS,
+                            "distilled": {"temperature": 1.19, "alpha_ce": 0.87, "alpha_squad": 0.6}},
+                  2, {"temperature": 1.19, "alpha_ce": 0.87, "alpha_squad": 0.6},
+                  np.full(40, 60.0), 200, 0)
 
 WRITERS = {  # document -> (writer, reader, a complete document as today's writers build it)
     "stage metrics.json": (results.write_stage_metrics,
@@ -130,8 +129,8 @@ def test_committed_seeds_file_has_three_arms_and_three_differences():
     ("stage metrics.json", lambda d: d.pop("curve"), r"it has no `curve`$"),
     ("stage metrics.json", lambda d: d["curve"][1].update(step="late"),
      r"`curve\.step` must be a number \(got 'late'\)$"),
-    ("seeds.json", lambda d: d["paired"]["distilled_minus_authors"].pop("samples"),
-     r"seeds\.json not written: it has no `paired\.distilled_minus_authors\.samples`$"),
+    ("seeds.json", lambda d: d["paired"]["distilled_minus_authors"].pop("half_width"),
+     r"seeds\.json not written: it has no `paired\.distilled_minus_authors\.half_width`$"),
     ("seeds.json", lambda d: d["authors"]["ci95"].update(f1=[1.0]),
      r"`authors\.ci95\.f1` must be \[low, high\]$"),
     ("seeds.json", lambda d: d.update(seeds="1,2,3"), r"`seeds`: input should be a valid list"),

@@ -1,16 +1,18 @@
 """The study's answers in plain sentences, from the paired seed differences.
 
 Two questions: does distillation with the authors' setting beat the student trained with no
-teacher, and does the searched setting beat the authors' own? A 95% CI that spans 0 is
-reported as "no detectable difference", whatever the sign of the point estimate.
+teacher, and does the searched setting beat the authors' own? The words follow the 95% CI,
+never the point estimate: a CI that spans 0 is "no detectable difference", given with the
+smallest difference the study could have detected (the CI's half-width). A CI that resampled
+questions alone (a file written before seeds were resampled) says so.
 """
 
 from __future__ import annotations
 
-from study.report.inputs import PairedBootstrap, SeedsDoc
+from study.report.inputs import PairedDifference, SeedsDoc
 
 
-def verdict(diff: PairedBootstrap, better: str, worse: str) -> str:
+def verdict(diff: PairedDifference, better: str, worse: str) -> str:
     lo, hi = diff.ci95
     if lo > 0:
         return better
@@ -19,11 +21,31 @@ def verdict(diff: PairedBootstrap, better: str, worse: str) -> str:
     return "no detectable difference"
 
 
-def _numbers(diff: PairedBootstrap, n_seeds: int) -> str:
+def resampled_words(diff: PairedDifference) -> str:
+    if "seeds" in diff.resampled:
+        seeds = diff.seeds or []
+        return (f"seeds ({', '.join(map(str, seeds))}) and the same {diff.questions} dev "
+                f"questions both resampled")
+    return ("dev questions resampled with the per-question F1 averaged over seeds; seed "
+            "variance is NOT in this interval, so it is too narrow")
+
+
+def half_width(diff: PairedDifference) -> float:
+    return diff.half_width if diff.half_width is not None else (diff.ci95[1] - diff.ci95[0]) / 2
+
+
+def _numbers(diff: PairedDifference) -> str:
     lo, hi = diff.ci95
-    over = f" over the same {diff.questions} dev questions" if diff.questions else ""
-    return (f"{diff.f1_diff:+.1f} dev F1 points (95% CI [{lo:+.1f}, {hi:+.1f}], paired{over}, "
-            f"mean of {n_seeds} seeds)")
+    return (f"{diff.f1_diff:+.1f} dev F1 points (95% CI [{lo:+.1f}, {hi:+.1f}], paired; "
+            f"{resampled_words(diff)})")
+
+
+def _detectable(diff: PairedDifference, answer: str) -> str:
+    if answer != "no detectable difference":
+        return ""
+    return (f" This study could not have detected a difference smaller than about "
+            f"±{half_width(diff):.1f} F1 points (the interval's half-width); more seeds "
+            f"(`study seeds --add N`) would narrow it.")
 
 
 def _params(params: dict[str, float] | None) -> str:
@@ -35,18 +57,16 @@ def _params(params: dict[str, float] | None) -> str:
 
 
 def distillation_sentence(seeds: SeedsDoc) -> str:
-    n = len(seeds.seeds)
     if seeds.authors is not None and "authors_minus_baseline" in seeds.paired:
         diff = seeds.paired["authors_minus_baseline"]
-        answer = verdict(diff, "distillation helps", "distillation hurts")
-        return (f"**Does distillation beat no teacher?** With the authors' setting"
-                f"{_params(seeds.authors_params)}, the distilled student differs from the "
-                f"baseline by {_numbers(diff, n)}: {answer}.")
-    diff = seeds.paired["distilled_minus_baseline"]
+        setting = f"With the authors' setting{_params(seeds.authors_params)}"
+    else:
+        diff = seeds.paired["distilled_minus_baseline"]
+        setting = ("With the searched setting (the authors' setting was not re-trained over "
+                   "seeds in this file)")
     answer = verdict(diff, "distillation helps", "distillation hurts")
-    return (f"**Does distillation beat no teacher?** With the searched setting (the authors' "
-            f"setting was not re-trained over seeds in this file), the distilled student differs "
-            f"from the baseline by {_numbers(diff, n)}: {answer}.")
+    return (f"**Does distillation beat no teacher?** {setting}, the distilled student differs "
+            f"from the baseline by {_numbers(diff)}: {answer}.{_detectable(diff, answer)}")
 
 
 def search_sentence(seeds: SeedsDoc) -> str:
@@ -62,7 +82,7 @@ def search_sentence(seeds: SeedsDoc) -> str:
                      "the searched setting is worse on dev than the authors'")
     return (f"**Does the searched setting beat the authors'?** The searched best"
             f"{_params(seeds.params)} differs from the authors' setting by "
-            f"{_numbers(diff, len(seeds.seeds))}: {answer}.")
+            f"{_numbers(diff)}: {answer}.{_detectable(diff, answer)}")
 
 
 def findings(seeds: SeedsDoc | None) -> list[str]:

@@ -21,7 +21,7 @@ from study.results import (
     ROLES,
     Metrics,
     ModelMetrics,
-    PairedBootstrap,
+    PairedDifference,
     SeedsDoc,
     finite_or_none,
     read_curves,
@@ -30,7 +30,7 @@ from study.results import (
     read_trials,
 )
 
-__all__ = ["ROLES", "Inputs", "Metrics", "ModelMetrics", "PairedBootstrap", "SeedsDoc",
+__all__ = ["ROLES", "Inputs", "Metrics", "ModelMetrics", "PairedDifference", "SeedsDoc",
            "load_inputs", "read_importances"]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import jinja2
 
-from study.report.findings import findings, verdict
+from study.report.findings import findings, half_width, verdict
 from study.report.inputs import ROLES, Inputs
 from study.report.numbers import (
     LABELS,
@@ -116,12 +116,43 @@ def seeds_table(inp: Inputs) -> str:
                  rows)
 
 
+def _ci(ci) -> str:
+    return "–" if ci is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]"
+
+
 def paired_table(inp: Inputs) -> str:
-    rows = [[PAIRED_LABELS.get(name, name), f"{d.f1_diff:+.1f}",
-             f"[{d.ci95[0]:+.1f}, {d.ci95[1]:+.1f}]", verdict(d, "yes (positive)", "yes (negative)")]
+    rows = [[PAIRED_LABELS.get(name, name), f"{d.f1_diff:+.1f}", _ci(d.ci95),
+             f"±{half_width(d):.1f}",
+             "–" if d.per_seed is None else ", ".join(f"{v:+.1f}" for v in d.per_seed),
+             _ci(d.seed_t_ci95), verdict(d, "yes (positive)", "yes (negative)")]
             for name, d in inp.seeds.paired.items()]
-    return table(["Paired difference (dev F1)", "Mean", "95% CI", "Distinguishable from 0"],
-                 rows, "lrrl")
+    what = ("seeds × questions" if all("seeds" in d.resampled for d in inp.seeds.paired.values())
+            else "questions only")
+    return table(["Paired difference (dev F1)", "Mean", f"95% CI ({what})", "Half-width",
+                  "Per seed", "Check: t over seeds", "Distinguishable from 0"], rows, "lrrrrrl")
+
+
+def calibration_lines(inp: Inputs) -> list[str]:
+    lines = []
+    for name, d in inp.seeds.paired.items():
+        c = d.calibration
+        if c is None:
+            continue
+        lines.append(
+            f"{PAIRED_LABELS.get(name, name)}: variance components seed SD {c.sd_seed:.2f}, "
+            f"question SD {c.sd_question:.1f}, residual SD {c.sd_residual:.1f}; in {c.studies} "
+            f"simulated studies with no true difference the interval excluded 0 in "
+            f"{c.excludes_zero_with_no_difference:.1%} (coverage {c.coverage:.1%}); with a true "
+            f"difference of {c.effect_twice_seed_sd:.1f} (twice the seed SD), in "
+            f"{c.excludes_zero_with_that_effect:.1%}")
+    return lines
+
+
+def gap_lines(inp: Inputs) -> list[str]:
+    gaps = (inp.seeds.gap_recovered or {}) if inp.seeds else {}
+    return [f"{SEED_ARMS[arm]}: {g.estimate:.1f}% [{g.ci95[0]:.1f}%, {g.ci95[1]:.1f}%] of the "
+            f"gap to the teacher (dev F1 {g.teacher_f1:.1f}, one run, held fixed)"
+            for arm, g in gaps.items()]
 
 
 def trials_table(inp: Inputs) -> str:
@@ -189,7 +220,6 @@ def context(inp: Inputs) -> dict[str, Any]:
     counts = (search.n_trials, search.n_complete, search.n_pruned, search.n_failed)
     states = inp.trials["state"].value_counts()
     params = m.distilled.params or search.best_params or {}
-    boot = inp.seeds.paired.get("distilled_minus_baseline") if inp.seeds else None
     imp = sorted((inp.importances or {}).items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "profile": m.profile, "data": str(m.data), "embedded": "embedded" in str(m.data).lower(),
@@ -200,11 +230,9 @@ def context(inp: Inputs) -> dict[str, Any]:
         "csv_counts": (len(inp.trials), *(int(states.get(s, 0))
                                           for s in ("COMPLETE", "PRUNED", "FAIL"))),
         "best_trial": m.best_trial,
-        "boot": boot,
-        "boot_detail": boot and [text for value, text in (
-            (boot.samples, f"{boot.samples} paired bootstrap samples"),
-            (boot.questions, f"over the same {boot.questions} dev questions"))
-            if value is not None],
+        "method": inp.seeds.method if inp.seeds else None,
+        "calibration": calibration_lines(inp) if inp.seeds else [],
+        "gap_lines": gap_lines(inp),
         "results_table": results_table(inp, scores),
         "seeds_table": seeds_table(inp) if inp.seeds else None,
         "paired_table": paired_table(inp) if inp.seeds else None,
