@@ -80,16 +80,8 @@ def records_from_lines(text: str, source: str) -> list[dict]:
                         "context": row["context"], "answers": _answers(row.get("answers"), where)})
     if not records:
         raise StudyError(f"{source}: no questions")
-    validate_records([_placed(r) for r in records], source)
+    validate_records(records, source)
     return records
-
-
-def _placed(record: dict) -> dict:
-    """The record with only the answers that carry a position (-1: a text to score only)."""
-    pairs = [(t, s) for t, s in zip(record["answers"]["text"], record["answers"]["answer_start"])
-             if s >= 0]
-    return {**record, "answers": {"text": [t for t, _ in pairs],
-                                  "answer_start": [s for _, s in pairs]}}
 
 
 def load_questions(path: Path) -> list[dict]:
