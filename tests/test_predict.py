@@ -85,6 +85,9 @@ def test_predict_jsonl_without_answers_and_one_question(tmp_path, student_dir, r
     ("misplaced", "answer text not found at its answer_start"),
     ("no-data", "give --data FILE, or both --question and --context"),
     ("no-model", "model path does not exist"),
+    ("empty-question", "empty question for questions b"),
+    ("empty-answer", "empty answer text for questions b"),
+    ("blank-context-squad", "empty context for questions s1"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, student_dir, params_path, capsys, case, needle):
     good = json.dumps({"id": "a", "question": "q?", "context": "c."})
@@ -92,7 +95,13 @@ def test_bad_input_is_one_line_error(tmp_path, student_dir, params_path, capsys,
              "no-context": good + "\n" + json.dumps({"id": "b", "question": "q"}),
              "misplaced": json.dumps({"id": "a", "question": "q?", "context": "Paris.",
                                       "answers": [{"text": "Paris", "answer_start": 3}]}),
-             "no-model": good}
+             "no-model": good,
+             "empty-question": good + "\n" + json.dumps({"id": "b", "question": " ",
+                                                         "context": "c."}),
+             "empty-answer": good + "\n" + json.dumps({"id": "b", "question": "q?",
+                                                         "context": "c.", "answers": [""]}),
+             "blank-context-squad": json.dumps({"data": [{"title": "t", "paragraphs": [
+                 {"context": "\n ", "qas": [{"id": "s1", "question": "q?"}]}]}]})}
     data = tmp_path / "in.jsonl"
     if case in files:
         data.write_text(files[case])

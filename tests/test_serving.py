@@ -240,6 +240,9 @@ def test_study_predict_resolves_a_models_uri(store, questions, expected, tmp_pat
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "type hint" not in said.lower(), said[-3000:]  # MLflow's warning on a bare predict
+    assert "\x1b[" not in said, said[-3000:]  # nor its colour codes
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (got["answer"], got["start"], got["end"]) == \
         (expected[0]["answer"], expected[0]["start"], expected[0]["end"])
