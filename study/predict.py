@@ -32,13 +32,14 @@ def load_answerer(cfg: Config, ref: str) -> QuestionAnswerer:
     from mlflow.exceptions import MlflowException
 
     from study.serving import QuestionAnsweringModel
-    from study.storage import absolute_sqlite
-    mlflow.set_tracking_uri(absolute_sqlite(cfg.tracking.uri))
+    from study.storage import absolute_sqlite, redact, redact_in
+    uri = cfg.tracking.uri
+    mlflow.set_tracking_uri(absolute_sqlite(uri))
     try:
         model = mlflow.pyfunc.load_model(ref).unwrap_python_model()
     except (MlflowException, OSError) as exc:
-        raise StudyError(f"cannot load {ref} from MLflow ({cfg.tracking.uri}): "
-                         f"{str(exc).splitlines()[0][:200]}") from None
+        raise StudyError(f"cannot load {ref} from MLflow ({redact(uri)}): "
+                         f"{redact_in(str(exc).splitlines()[0][:200], uri)}") from None
     if not isinstance(model, QuestionAnsweringModel):
         raise StudyError(f"{ref} is not a question-answering model logged by `study best`")
     return model.answerer
