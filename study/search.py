@@ -358,8 +358,9 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     `n_trials` and `timeout` (--n-trials, --timeout) replace `search.n_trials` and
     `search.timeout` for this session, checked by the config's own rules before anything
     is opened or written (0 is refused, not read as "the default")."""
-    limits = {"n_trials": n_trials, "timeout": timeout}
-    cfg = cfg.replace(search={k: v for k, v in limits.items() if v is not None})
+    limits = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
+    if limits:
+        cfg = cfg.replace(search=limits)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(cfg)
     url = resolve_url(storage or cfg.storage_url)
