@@ -339,7 +339,9 @@ def error_line(error: dict[str, Any], where: str = "") -> str:
     message = re.sub(r"^(Input|List|Tuple|String) should", "must", message)
     got = error.get("input")
     if kind != "rule" and not isinstance(got, (dict, BaseModel)):
-        message += f" (got {got!r})"
+        from study.storage import redact
+
+        message += f" (got {redact(got) if isinstance(got, str) else got!r})"
     return f"invalid params: {key} {message}"
 
 

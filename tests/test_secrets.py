@@ -90,3 +90,11 @@ def test_to_dict_hides_a_url_password_that_the_config_keeps(params_path):
     assert plain.to_dict()["search"]["storage"] == plain.search.storage
     same = load_config(params_path, "smoke", ["search.storage=postgresql://kd:other@h/db"])
     assert same.hash() == cfg.replace(tracking={"uri": plain.tracking.uri}).hash()
+
+
+def test_a_refused_value_is_quoted_without_its_password(params_path):
+    from study.errors import StudyError
+
+    with pytest.raises(StudyError) as info:
+        load_config(params_path, "smoke", ["search.n_trials=postgresql://kd:s3cret@h/db"])
+    assert "s3cret" not in str(info.value) and "kd:***@h" in str(info.value)
