@@ -128,6 +128,8 @@ def run(cfg: Config, model: str, data: str | None = None, out: str | None = None
         ensure_writable(out_path.parent)
         records = load_questions(data_path)  # bad input fails before a model is loaded
         return predict_file(load_answerer(cfg, model), records, out_path)
+    validate_records([{"id": "1", "question": question, "context": context,
+                       "answers": {"text": [], "answer_start": []}}], "--question/--context")
     span = load_answerer(cfg, model)(question, context)
     score = None if math.isnan(span.score) else round(span.score, 4)
     print(json.dumps({"answer": span.text, "score": score, "start": span.start, "end": span.end},

@@ -88,6 +88,7 @@ def test_predict_jsonl_without_answers_and_one_question(tmp_path, student_dir, r
     ("empty-question", "empty question for questions b"),
     ("empty-answer", "empty answer text for questions b"),
     ("blank-context-squad", "empty context for questions s1"),
+    ("blank-context-flag", "--question/--context: empty context"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, student_dir, params_path, capsys, case, needle):
     good = json.dumps({"id": "a", "question": "q?", "context": "c."})
@@ -107,6 +108,8 @@ def test_bad_input_is_one_line_error(tmp_path, student_dir, params_path, capsys,
         data.write_text(files[case])
     model = str(tmp_path / "nowhere") if case == "no-model" else str(student_dir)
     args = ["--model", model] + ([] if case == "no-data" else ["--data", str(data)])
+    if case == "blank-context-flag":
+        args = ["--model", model, "--question", "Who?", "--context", " "]
     out = tmp_path / "preds.json"
     # main() is the CLI's entry point; in-process, these fail before any model runs.
     code = main(["predict", *args, "--out", str(out), "--params", str(params_path),
