@@ -263,8 +263,8 @@ def test_a_results_file_from_before_the_latency_split_reads_as_not_measured(tmp_
 
 
 @pytest.mark.parametrize("complete, says", [
-    (1, "not estimated: Optuna's importances need at least two complete trials "
-        "(this study has 1)"),
+    (1, ("not estimated: Optuna's importances need at least two complete trials "
+         "(this study has 1)")),
     (3, "not estimated: Optuna could not tell the parameters' effects apart"),
 ])
 def test_importances_not_estimated_say_why(tmp_path, complete, says):
