@@ -2,8 +2,9 @@
 write the result files the report is built from (reports/metrics.json, curves.csv,
 importances.json).
 
-Latency is measured here, on this machine, for teacher, baseline and best student:
-per dev question answered by the predictor (study.qa), batch 1 and batch 32.
+Inference cost is measured here, on this machine, for teacher, baseline and best student,
+on the same dev questions answered by the predictor (study.qa): latency one question at a
+time (batch 1, median and 95th percentile) and throughput in batches of 32.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 
 from study import dvc_metrics
@@ -35,18 +37,46 @@ from study.tracking import RunHandle, Tracker, device_name, git_state, package_v
 from study.fit import apply_runtime, device, load_splits
 
 
-def latency_ms(answerer: QuestionAnswerer, records: list[dict], questions: int = 48) -> dict:
-    """Milliseconds per question answered by the predictor (windows, forward, n-best search),
-    batch sizes 1 and 32 (CPU unless runtime says cuda)."""
+LATENCY_QUESTIONS = 64  # two full batches of 32
+BATCH = 32
+
+
+def padding_share(batches: list[list[int]], batch_size: int) -> float:
+    """The share of the tokens computed that are padding: `batches` holds the window lengths
+    of each call, whose windows run `batch_size` at a time, each forward pass padded to its
+    longest window (DataCollatorWithPadding, as study.qa does)."""
+    real = computed = 0
+    for lengths in batches:
+        real += sum(lengths)
+        computed += sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
+                        for i in range(0, len(lengths), batch_size))
+    return 1 - real / computed if computed else 0.0
+
+
+def latency(answerer: QuestionAnswerer, records: list[dict],
+            questions: int = LATENCY_QUESTIONS) -> dict:
+    """On the same first `questions` records: each answered alone (batch 1: median and 95th
+    percentile, ms) and in batches of 32 (questions per second), with the padding share at
+    batch 32 (results.Latencies). CPU unless runtime says cuda."""
     recs = records[:questions]
-    out = {}
-    for bs in (1, 32):
-        answerer.answer_records(recs[:bs], batch_size=bs)  # warm-up
+    answerer.answer_records(recs[:1], batch_size=1)  # warm-up
+    alone = []
+    for r in recs:
         t0 = time.perf_counter()
-        for i in range(0, len(recs), bs):
-            answerer.answer_records(recs[i:i + bs], batch_size=bs)
-        out[f"batch{bs}"] = round(1000 * (time.perf_counter() - t0) / len(recs), 3)
-    return out
+        answerer.answer_records([r], batch_size=1)
+        alone.append(1000 * (time.perf_counter() - t0))
+    chunks = [recs[i:i + BATCH] for i in range(0, len(recs), BATCH)]
+    answerer.answer_records(chunks[0], batch_size=BATCH)  # warm-up
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        answerer.answer_records(chunk, batch_size=BATCH)
+    batched_s = time.perf_counter() - t0
+    lengths = [[len(ids) for ids in answerer.windows(chunk)["input_ids"]] for chunk in chunks]
+    return {"questions": len(recs),
+            "batch1_median_ms": round(float(np.median(alone)), 3),
+            "batch1_p95_ms": round(float(np.percentile(alone, 95)), 3),
+            "batch32_questions_per_s": round(len(recs) / batched_s, 3),
+            "batch32_padding": round(padding_share(lengths, BATCH), 4)}
 
 
 def log_registered_model(handle: RunHandle, model_dir: Path, cfg: Config) -> str:
@@ -59,9 +89,9 @@ def _curve_rows(role: str, doc: StageMetrics) -> list[CurveRow]:
     return [CurveRow(role=role, **point.model_dump()) for point in doc.curve]
 
 
-def _model_entry(doc: StageMetrics, model_name: str, latency: dict, params: int) -> dict:
+def _model_entry(doc: StageMetrics, model_name: str, cost: dict, params: int) -> dict:
     return {"model": model_name, "dev": doc.dev, "tune": doc.tune, "parameters": params,
-            "mlflow_run_id": doc.mlflow_run_id, "latency_ms": latency}
+            "mlflow_run_id": doc.mlflow_run_id, "latency": cost}
 
 
 def describe_data(cfg: Config, manifest: dict) -> str:
@@ -120,7 +150,7 @@ def run(cfg: Config) -> dict:
         qa = QuestionAnswerer.from_pretrained(str(folder), QASettings.from_config(cfg),
                                               device=device(cfg))
         m = qa.model
-        models[role] = (latency_ms(qa, dev), parameter_count(m), m.config.model_type,
+        models[role] = (latency(qa, dev), parameter_count(m), m.config.model_type,
                         getattr(m.config, "num_hidden_layers", getattr(m.config, "n_layers", "?")))
     names = {role: f"{cfg.teacher.init if role == 'teacher' else cfg.student.init} "
                    f"({mt}, {nl} layers)" for role, (_, _, mt, nl) in models.items()}

@@ -22,6 +22,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    SerializationInfo,
     StrictBool,
     ValidationError,
     field_validator,
@@ -54,6 +56,19 @@ def _yaml_word(value: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_number)]
 Float = Annotated[float, BeforeValidator(_number)]
+
+# Dumped with context {"redact": True} (`Config.to_dict`, what every run, artifact and
+# hash records), a URL shows no password; a plain model_dump (`replace`) keeps it.
+REDACT = {"redact": True}
+
+
+def _url_out(value: str, info: SerializationInfo) -> str:
+    from study.storage import redact
+
+    return redact(value) if (info.context or {}).get("redact") else value
+
+
+Url = Annotated[str, PlainSerializer(_url_out, return_type=str)]
 
 
 def _rule(ok: bool, field: str, message: str) -> None:
@@ -198,7 +213,7 @@ class SearchConfig(Section):
     study_name: str = Field("kd-search", min_length=1)
     # Any Optuna storage: an SQLAlchemy URL (sqlite:///..., postgresql://...) or
     # journal:PATH for Optuna's file journal. Relative sqlite paths are from the cwd.
-    storage: str = "sqlite:///artifacts/{profile}/search/optuna.db"
+    storage: Url = "sqlite:///artifacts/{profile}/search/optuna.db"
     n_trials: Int = Field(8, ge=1)
     timeout: Float | None = Field(None, gt=0)
     sampler_seed: Int = 42
@@ -238,8 +253,8 @@ class SeedsConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_location: str = "mlruns/artifacts"
+    uri: Url = "sqlite:///mlruns/mlflow.db"
+    artifact_location: Url = "mlruns/artifacts"
     experiment: str = "kd-qa-{profile}"
     registered_model: str = "kd-qa-student-{profile}"
 
@@ -285,7 +300,9 @@ class Config(Section):
         return self.search.storage.format(profile=self.profile)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+        """The config as every run, artifact (config.json) and file records it: a password
+        in a URL (search.storage, tracking.uri) is shown as ***."""
+        return self.model_dump(context=REDACT)
 
     def hash(self) -> str:
         # Tagged on every run: the same values must keep the same hash across versions.
@@ -322,7 +339,9 @@ def error_line(error: dict[str, Any], where: str = "") -> str:
     message = re.sub(r"^(Input|List|Tuple|String) should", "must", message)
     got = error.get("input")
     if kind != "rule" and not isinstance(got, (dict, BaseModel)):
-        message += f" (got {got!r})"
+        from study.storage import redact
+
+        message += f" (got {redact(got) if isinstance(got, str) else got!r})"
     return f"invalid params: {key} {message}"
 
 

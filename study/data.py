@@ -56,7 +56,8 @@ def records_from_squad(doc: Any, source: str, require_answers: bool = True) -> l
                 if (not isinstance(qa, dict) or "id" not in qa or not isinstance(qa.get("question"), str)
                         or not isinstance(answers, list) or (require_answers and not answers)
                         or not all(isinstance(a, dict) and isinstance(a.get("text"), str)
-                                   and isinstance(a.get("answer_start"), int) for a in answers)):
+                                   and isinstance(a.get("answer_start"), int)
+                                   and a["answer_start"] >= 0 for a in answers)):
                     missing.append(qid)
                     continue
                 records.append({
@@ -72,10 +73,30 @@ def records_from_squad(doc: Any, source: str, require_answers: bool = True) -> l
     return records
 
 
+def _blank(text: str) -> bool:
+    return not text.strip()
+
+
+# What no question may leave blank (only whitespace): a model can neither learn from nor
+# answer it, and an empty gold answer scores every prediction 0.
+BLANK_CHECKS = (
+    ("empty question", lambda r: _blank(r["question"])),
+    ("empty context", lambda r: _blank(r["context"])),
+    ("empty answer text", lambda r: any(_blank(t) for t in r["answers"]["text"])),
+)
+
+
 def validate_records(records: list[dict], source: str) -> None:
+    """The one check of records to train on, score or answer (`study prepare`, `study
+    predict --data`). An answer_start of -1 is a text given without its position (JSON
+    Lines for `study predict`): only its text is checked."""
+    for what, bad in BLANK_CHECKS:
+        ids = [r["id"] for r in records if bad(r)]
+        if ids:
+            raise StudyError(f"{source}: {what} for questions {_ids(ids)}")
     misplaced = [
         r["id"] for r in records
-        if any(r["context"][s:s + len(t)] != t
+        if any(s >= 0 and r["context"][s:s + len(t)] != t
                for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"]))
     ]
     if misplaced:

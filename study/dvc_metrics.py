@@ -3,7 +3,8 @@
 
 One file per row of `dvc metrics show` (a model, a seed summary, the trial counts), with the
 same short keys in every file, so the rows share columns and the table fits a terminal:
-`em`/`f1` (dev, %), `*_lo`/`*_hi` (95% CI), `ms` (latency per question, batch 1), `gap`
+`em`/`f1` (dev, %), `*_lo`/`*_hi` (95% CI), `ms` (median latency per question, batch 1),
+`qps` (questions per second, batches of 32), `gap`
 (% of the teacher-baseline dev F1 gap the distilled student recovers), `n` (seeds, or
 trials). Provenance (run ids, versions, commit, data) stays in metrics.json and
 seeds.json, which are plain outputs, not DVC metrics.
@@ -34,8 +35,13 @@ def _row(**values: Any) -> dict[str, float]:
 def of_best(metrics: dict) -> dict[str, dict[str, float]]:
     """Rows from the `best` stage's metrics.json document: dev EM/F1 and latency per model,
     the gap recovered, the trial counts."""
+    def cost(role: str, key: str) -> float | None:
+        # A metrics.json from before `latency` has none: the row shows none.
+        return (metrics[role].get("latency") or {}).get(key)
+
     rows = {role: _row(em=metrics[role]["dev"]["exact_match"], f1=metrics[role]["dev"]["f1"],
-                       ms=metrics[role]["latency_ms"]["batch1"]) for role in ROLES}
+                       ms=cost(role, "batch1_median_ms"), qps=cost(role, "batch32_questions_per_s"))
+            for role in ROLES}
     f1 = {role: metrics[role]["dev"]["f1"] for role in ROLES}
     rows["distilled"].update(_row(gap=gap_recovered(f1["teacher"], f1["baseline"], f1["distilled"])))
     s = metrics["search"]

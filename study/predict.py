@@ -32,13 +32,14 @@ def load_answerer(cfg: Config, ref: str) -> QuestionAnswerer:
     from mlflow.exceptions import MlflowException
 
     from study.serving import QuestionAnsweringModel
-    from study.storage import absolute_sqlite
-    mlflow.set_tracking_uri(absolute_sqlite(cfg.tracking.uri))
+    from study.storage import absolute_sqlite, redact, redact_in
+    uri = cfg.tracking.uri
+    mlflow.set_tracking_uri(absolute_sqlite(uri))
     try:
         model = mlflow.pyfunc.load_model(ref).unwrap_python_model()
     except (MlflowException, OSError) as exc:
-        raise StudyError(f"cannot load {ref} from MLflow ({cfg.tracking.uri}): "
-                         f"{str(exc).splitlines()[0][:200]}") from None
+        raise StudyError(f"cannot load {ref} from MLflow ({redact(uri)}): "
+                         f"{redact_in(str(exc).splitlines()[0][:200], uri)}") from None
     if not isinstance(model, QuestionAnsweringModel):
         raise StudyError(f"{ref} is not a question-answering model logged by `study best`")
     return model.answerer
@@ -80,16 +81,8 @@ def records_from_lines(text: str, source: str) -> list[dict]:
                         "context": row["context"], "answers": _answers(row.get("answers"), where)})
     if not records:
         raise StudyError(f"{source}: no questions")
-    validate_records([_placed(r) for r in records], source)
+    validate_records(records, source)
     return records
-
-
-def _placed(record: dict) -> dict:
-    """The record with only the answers that carry a position (-1: a text to score only)."""
-    pairs = [(t, s) for t, s in zip(record["answers"]["text"], record["answers"]["answer_start"])
-             if s >= 0]
-    return {**record, "answers": {"text": [t for t, _ in pairs],
-                                  "answer_start": [s for _, s in pairs]}}
 
 
 def load_questions(path: Path) -> list[dict]:
@@ -135,6 +128,8 @@ def run(cfg: Config, model: str, data: str | None = None, out: str | None = None
         ensure_writable(out_path.parent)
         records = load_questions(data_path)  # bad input fails before a model is loaded
         return predict_file(load_answerer(cfg, model), records, out_path)
+    validate_records([{"id": "1", "question": question, "context": context,
+                       "answers": {"text": [], "answer_start": []}}], "--question/--context")
     span = load_answerer(cfg, model)(question, context)
     score = None if math.isnan(span.score) else round(span.score, 4)
     print(json.dumps({"answer": span.text, "score": score, "start": span.start, "end": span.end},

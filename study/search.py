@@ -327,9 +327,9 @@ def prune_weights(study: optuna.Study, cfg: Config) -> None:
 
 
 def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: RunHandle,
-             storage_url: str, n_trials: int | None, timeout: float | None) -> dict:
-    """Run this session's trials; the summary reaches trials.csv and the parent run also
-    when the session is interrupted."""
+             storage_url: str) -> dict:
+    """Run this session's trials (`search.n_trials`, within `search.timeout`); the summary
+    reaches trials.csv and the parent run also when the session is interrupted."""
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         print(f"trial {trial.number}: {trial.state.name} params={trial.params} "
               f"tune F1={trial.value if trial.value is not None else '-'}", flush=True)
@@ -338,8 +338,7 @@ def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: Run
 
     started = time.time()
     try:
-        study.optimize(objective, n_trials=n_trials or cfg.search.n_trials,
-                       timeout=timeout if timeout is not None else cfg.search.timeout,
+        study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout,
                        catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
     finally:
         doc = summarise(study)
@@ -355,7 +354,13 @@ def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: Run
 def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
         storage: str | None = None, study_name: str | None = None,
         callbacks: Sequence[TrainerCallback] = ()) -> dict:
-    """Add trials to the study; `callbacks` are Trainer callbacks given to every trial."""
+    """Add trials to the study; `callbacks` are Trainer callbacks given to every trial.
+    `n_trials` and `timeout` (--n-trials, --timeout) replace `search.n_trials` and
+    `search.timeout` for this session, checked by the config's own rules before anything
+    is opened or written (0 is refused, not read as "the default")."""
+    limits = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
+    if limits:
+        cfg = cfg.replace(search=limits)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(cfg)
     url = resolve_url(storage or cfg.storage_url)
@@ -376,7 +381,7 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
                 study.set_metric_names([OBJECTIVE_NAME])  # not "Objective 0"
             parent = stack.enter_context(parent_run(cfg, tracker, study, storage_url, storage_obj))
         objective.parent_run_id = parent.run_id
-        doc = optimize(cfg, study, objective, parent, storage_url, n_trials, timeout)
+        doc = optimize(cfg, study, objective, parent, storage_url)
     print(f"study {study.study_name}: {doc['n_trials']} trials ({doc['n_complete']} complete, "
           f"{doc['n_pruned']} pruned, {doc['n_failed']} failed); best trial {doc.get('best_trial')} "
           f"tune F1 {doc.get('best_tune_f1')}")

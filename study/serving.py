@@ -12,15 +12,21 @@ where the project is not installed (with the pinned requirements).
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModelContext
 
+from study.data import validate_records
+from study.errors import StudyError
 from study.qa import QASettings, QuestionAnswerer
 
 if TYPE_CHECKING:  # the served model imports this module; it needs no tracking code
@@ -36,17 +42,57 @@ EXAMPLE = pd.DataFrame({
 })
 
 
-class QuestionAnsweringModel(mlflow.pyfunc.PythonModel):
-    """DataFrame of `question`, `context` in; `answer`, `score`, `start`, `end` out."""
+class BadRequest(MlflowException):
+    """A record the model cannot answer: MLflow's scoring server replies 400 with the message
+    (INVALID_PARAMETER_VALUE), never 200 with a made-up or NaN answer."""
 
-    def load_context(self, context):
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def checked_records(frame: pd.DataFrame) -> list[dict]:
+    """The rows as records, refused unless each has a non-blank `question` and `context`
+    string (the same validator as `study prepare` and `study predict --data`)."""
+    missing = [c for c in ("question", "context") if c not in frame.columns]
+    if missing:
+        raise BadRequest(f"missing column(s) {', '.join(missing)}")
+    for column in ("question", "context"):
+        rows = [i for i, v in enumerate(frame[column]) if not isinstance(v, str)]
+        if rows:
+            raise BadRequest(f"{column} must be a string (rows {_rows(rows)})")
+    records = [{"id": f"row {i}", "question": q, "context": c,
+                "answers": {"text": [], "answer_start": []}}
+               for i, (q, c) in enumerate(zip(frame["question"], frame["context"]))]
+    try:
+        validate_records(records, "request")
+    except StudyError as exc:
+        raise BadRequest(str(exc)) from None
+    return records
+
+
+def _rows(rows: list[int]) -> str:
+    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+class QuestionAnsweringModel(mlflow.pyfunc.PythonModel):
+    """DataFrame of `question`, `context` in; `answer`, `score`, `start`, `end` out.
+
+    The type hints are the pandas ones MLflow accepts without inferring a schema from them
+    (the logged signature is the schema), so loading the model prints no "add type hints"
+    warning."""
+
+    def load_context(self, context: PythonModelContext) -> None:
         self.answerer = QuestionAnswerer.from_pretrained(
             context.artifacts["model"], QASettings(**(context.model_config or {})))
 
-    def predict(self, context, model_input, params=None):
-        frame = pd.DataFrame(model_input)
-        spans = self.answerer.predict([str(q) for q in frame["question"]],
-                                      [str(c) for c in frame["context"]])
+    def predict(self, context: PythonModelContext | None, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        records = checked_records(pd.DataFrame(model_input))
+        spans = self.answerer.predict([r["question"] for r in records],
+                                      [r["context"] for r in records])
+        unanswered = [i for i, s in enumerate(spans) if not math.isfinite(s.score)]
+        if unanswered:  # no window held any context token: there is no span to give
+            raise BadRequest(f"no answer span found in the context (rows {_rows(unanswered)})")
         return answers_frame(spans)
 
 

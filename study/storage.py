@@ -153,16 +153,39 @@ def open_optuna_storage(url: str, heartbeat_interval: int | None = None,
                                               grace_period=grace_period,
                                               heartbeat_stale_trial_callback=on_dead_trial)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        first = redact_in((str(exc).splitlines() or [type(exc).__name__])[0][:200], url)
         raise StudyError(f"cannot open Optuna storage {redact(url)}: {first}") from None
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+def redact_in(text: str, url: str) -> str:
+    """`text` (a driver's or MLflow's error message about `url`) without the URL's password,
+    wherever the message quotes it."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # not an SQLAlchemy URL (journal:PATH): nothing to hide
+        password = make_url(url).password
+    except ArgumentError:
+        return text
+    if not password:
+        return text
+    from urllib.parse import quote
+
+    for shown in {password, quote(password, safe="")}:
+        text = text.replace(shown, "***")
+    return text
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages, logs and everything recorded
+    (`Config.to_dict` applies it to every URL of the config)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a URL (journal:PATH, env:NAME, a path): nothing to hide
         return url
+    # Only a URL with a password is rewritten: rendering escapes characters (`{profile}`
+    # becomes %7Bprofile%7D), and a recorded value without a secret must stay as written.
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)

@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from study.config import Config
 from study.errors import StudyError
 from study.layout import Layout
-from study.storage import absolute_sqlite, redact, schema_lock
+from study.storage import absolute_sqlite, redact, redact_in, schema_lock
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow stores a dataset digest in 36 characters: the split's SHA-256, shortened.
@@ -168,7 +168,7 @@ class Tracker:
                 self.experiment_id = self._experiment_id(cfg.experiment_name)
         except (MlflowException, OSError) as exc:
             raise StudyError(f"cannot open MLflow tracking store {redact(uri)}: "
-                             f"{str(exc).splitlines()[0][:200]}") from None
+                             f"{redact_in(str(exc).splitlines()[0][:200], uri)}") from None
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException

@@ -91,6 +91,26 @@ def test_answer_not_at_answer_start_refused_naming_the_question(tmp_path):
         load_squad_file(path)
 
 
+@pytest.mark.parametrize("bad, needle", [
+    ({"id": "q-empty-text", "question": "Where?", "answers": [{"text": "", "answer_start": 0}]},
+     "empty answer text"),
+    ({"id": "q-blank-text", "question": "Where?",
+      "answers": [{"text": "Paris", "answer_start": 0}, {"text": " ", "answer_start": 5}]},
+     "empty answer text"),
+    ({"id": "q-empty-question", "question": "",
+      "answers": [{"text": "Paris", "answer_start": 0}]}, "empty question"),
+    ({"id": "q-negative-start", "question": "Where?",
+      "answers": [{"text": "Paris", "answer_start": -1}]}, "missing or malformed"),
+])
+def test_blank_questions_and_answers_refused_naming_the_question(tmp_path, bad, needle):
+    path = tmp_path / "blank.json"
+    path.write_text(json.dumps(squad_doc([GOOD_QA, bad])))
+    with pytest.raises(StudyError) as info:
+        load_squad_file(path)
+    assert needle in str(info.value) and bad["id"] in str(info.value)
+    assert "good-1" not in str(info.value)
+
+
 def test_duplicate_ids_refused():
     with pytest.raises(StudyError, match="good-1"):
         records_from_squad(squad_doc([GOOD_QA, dict(GOOD_QA)]), "dup.json")

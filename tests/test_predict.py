@@ -85,6 +85,10 @@ def test_predict_jsonl_without_answers_and_one_question(tmp_path, student_dir, r
     ("misplaced", "answer text not found at its answer_start"),
     ("no-data", "give --data FILE, or both --question and --context"),
     ("no-model", "model path does not exist"),
+    ("empty-question", "empty question for questions b"),
+    ("empty-answer", "empty answer text for questions b"),
+    ("blank-context-squad", "empty context for questions s1"),
+    ("blank-context-flag", "--question/--context: empty context"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, student_dir, params_path, capsys, case, needle):
     good = json.dumps({"id": "a", "question": "q?", "context": "c."})
@@ -92,12 +96,20 @@ def test_bad_input_is_one_line_error(tmp_path, student_dir, params_path, capsys,
              "no-context": good + "\n" + json.dumps({"id": "b", "question": "q"}),
              "misplaced": json.dumps({"id": "a", "question": "q?", "context": "Paris.",
                                       "answers": [{"text": "Paris", "answer_start": 3}]}),
-             "no-model": good}
+             "no-model": good,
+             "empty-question": good + "\n" + json.dumps({"id": "b", "question": " ",
+                                                         "context": "c."}),
+             "empty-answer": good + "\n" + json.dumps({"id": "b", "question": "q?",
+                                                         "context": "c.", "answers": [""]}),
+             "blank-context-squad": json.dumps({"data": [{"title": "t", "paragraphs": [
+                 {"context": "\n ", "qas": [{"id": "s1", "question": "q?"}]}]}]})}
     data = tmp_path / "in.jsonl"
     if case in files:
         data.write_text(files[case])
     model = str(tmp_path / "nowhere") if case == "no-model" else str(student_dir)
     args = ["--model", model] + ([] if case == "no-data" else ["--data", str(data)])
+    if case == "blank-context-flag":
+        args = ["--model", model, "--question", "Who?", "--context", " "]
     out = tmp_path / "preds.json"
     # main() is the CLI's entry point; in-process, these fail before any model runs.
     code = main(["predict", *args, "--out", str(out), "--params", str(params_path),

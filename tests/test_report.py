@@ -12,11 +12,14 @@ from study.report import FIGURES, build_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-def _model(name: str, dev: tuple, tune: tuple, parameters: int, run: str, latency: tuple) -> dict:
-    """One model's entry in metrics.json: (EM, F1) pairs and (batch 1, batch 32) latencies."""
+def _model(name: str, dev: tuple, tune: tuple, parameters: int, run: str, cost: tuple) -> dict:
+    """One model's entry in metrics.json: (EM, F1) pairs and its inference cost: (batch-1
+    median and 95th percentile in ms, batch-32 questions per second, batch-32 padding)."""
     return {"model": name, "dev": {"exact_match": dev[0], "f1": dev[1]},
             "tune": {"exact_match": tune[0], "f1": tune[1]}, "parameters": parameters,
-            "mlflow_run_id": run, "latency_ms": {"batch1": latency[0], "batch32": latency[1]}}
+            "mlflow_run_id": run, "latency": {
+                "questions": 64, "batch1_median_ms": cost[0], "batch1_p95_ms": cost[1],
+                "batch32_questions_per_s": cost[2], "batch32_padding": cost[3]}}
 
 
 STUDENT = "DistilBERT-style student (3 of the teacher's layers)"
@@ -25,11 +28,11 @@ METRICS = {
     "data": "embedded XQuAD-en (1,190 SQuAD v1.1 dev questions), split by article: "
     "train 713 / tune 180 / dev 297 questions",
     "teacher": _model("MiniLM-L6-H384 (6 layers)", (40.1, 52.3), (38.0, 50.2), 22_700_000,
-                      "run-teacher-0001", (12.3, 4.1)),
+                      "run-teacher-0001", (12.3, 15.9, 61.0, 0.31)),
     "baseline": _model(STUDENT, (28.4, 39.0), (27.2, 37.5), 17_400_000, "run-baseline-0002",
-                       (6.8, 2.2)),
+                       (6.8, 8.4, 120.5, 0.31)),
     "distilled": {**_model(STUDENT, (31.0, 43.1), (29.9, 41.3), 17_400_000, "run-distilled-0003",
-                           (6.9, 2.3)),
+                           (6.9, 8.8, 118.2, 0.31)),
                   "trial": 3, "params": {"temperature": 3.1, "alpha_ce": 0.6, "alpha_squad": 0.4}},
     "search": {
         "study_name": "kd-search",
@@ -238,22 +241,46 @@ def test_report_bytes_are_the_same_in_a_fresh_interpreter(tmp_path):
         assert (second / rel).read_bytes() == path.read_bytes(), rel
 
 
-@pytest.mark.parametrize("latencies, says", [
-    ({"batch1": 12.3, "batch32": 4.1}, "latency per question falls with batching"),
-    ({"batch1": 48.2, "batch32": 61.3}, "latency per question rises with batching"),
-])
-def test_tradeoff_legend_says_what_batching_did(tmp_path, latencies, says):
-    from study.report import load_inputs
-    from study.report.figures import fig_tradeoff
+def test_cost_is_latency_at_batch_1_and_throughput_at_batch_32(tmp_path):
+    folder = record_study(tmp_path / "reports")
+    build_report(folder)
+    text = (folder / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| Teacher |")
+               and "ms" in line)
+    assert "| 12.3 ms | 15.9 ms | 61.0 /s | 31% |" in row
+    assert "the same 64 dev questions" in text and "median and 95th percentile" in text
+    assert "padding" in text
 
+
+def test_a_results_file_from_before_the_latency_split_reads_as_not_measured(tmp_path):
+    """Its `latency_ms` put per-question times at batch 1 and 32 side by side."""
     folder = record_study(tmp_path / "reports")
     metrics = json.loads(json.dumps(METRICS))
     for role in ("teacher", "baseline", "distilled"):
-        metrics[role]["latency_ms"] = latencies
+        del metrics[role]["latency"]
+        metrics[role]["latency_ms"] = {"batch1": 40.0, "batch32": 48.0}
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    legend = [t.get_text() for t in fig_tradeoff(load_inputs(folder)).legends[0].get_texts()]
-    assert any(says in text for text in legend), legend
-    assert not any("falls" in text for text in legend) or says.endswith("falls with batching")
+    build_report(folder)
+    row = next(line for line in (folder / "report.md").read_text().splitlines()
+               if line.startswith("| Teacher |") and "not measured" in line)
+    assert "48.0" not in row and "40.0" not in row
+
+
+@pytest.mark.parametrize("complete, says", [
+    (1, ("not estimated: Optuna's importances need at least two complete trials "
+         "(this study has 1)")),
+    (3, "not estimated: Optuna could not tell the parameters' effects apart"),
+])
+def test_importances_not_estimated_say_why(tmp_path, complete, says):
+    folder = record_study(tmp_path / "reports", importances=False)
+    (folder / "importances.json").write_text("{}")  # what `study best` writes then
+    metrics = json.loads(json.dumps(METRICS))
+    metrics["search"]["n_complete"] = complete
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    build_report(folder)
+    text = (folder / "report.md").read_text()
+    assert f"Parameter importances: {says}" in text
+    assert "| Parameter | Importance |" not in text
 
 
 @pytest.mark.parametrize("change, message", [

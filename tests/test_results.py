@@ -23,7 +23,10 @@ from study.seeds import summarise
 from study.storage import known_experimental
 
 REPORTS = REPO_ROOT / "reports"
-METRICS = json.loads((REPORTS / "metrics.json").read_text())
+RECORDED = Path(__file__).parent / "data"
+# The default run's metrics.json, in today's schema: its `latency` not measured (the run
+# predates the split into batch-1 latency and batch-32 throughput).
+METRICS = json.loads((RECORDED / "metrics.json").read_text())
 
 STAGE = {
     "role": "trial", "profile": "smoke", "seed": 1,
@@ -85,10 +88,17 @@ def test_json_document_round_trip_and_bytes(tmp_path, name):
     assert back == written and back.model_dump() == written.model_dump()
 
 
-def test_committed_metrics_json_is_rewritten_byte_for_byte(tmp_path):
+def test_recorded_metrics_json_is_rewritten_byte_for_byte(tmp_path):
     path = tmp_path / "metrics.json"
-    results.write_metrics(path, results.read_metrics(REPORTS / "metrics.json"))
-    assert path.read_bytes() == (REPORTS / "metrics.json").read_bytes()
+    results.write_metrics(path, results.read_metrics(RECORDED / "metrics.json"))
+    assert path.read_bytes() == (RECORDED / "metrics.json").read_bytes()
+
+
+def test_committed_metrics_json_reads():
+    """Whichever schema the committed report was written in (an older `latency_ms` reads as
+    not measured), the report can be rebuilt from it."""
+    metrics = results.read_metrics(REPORTS / "metrics.json")
+    assert set(metrics.models) == set(results.ROLES)
 
 
 def test_committed_curves_csv_round_trip(tmp_path):

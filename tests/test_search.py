@@ -294,7 +294,10 @@ def test_best_exports_a_registered_champion_student_and_report_builds(ws):
     assert metrics["distilled"]["trial"] == best.number
     assert metrics["distilled"]["tune"]["f1"] == pytest.approx(best.value)
     for role in ("teacher", "baseline", "distilled"):
-        assert set(metrics[role]["latency_ms"]) == {"batch1", "batch32"}
+        cost = metrics[role]["latency"]
+        assert cost["questions"] > 0
+        assert 0 < cost["batch1_median_ms"] <= cost["batch1_p95_ms"]
+        assert cost["batch32_questions_per_s"] > 0 and 0 <= cost["batch32_padding"] < 1
         assert metrics[role]["parameters"] > 0
     c = client(ws)
     versions = c.search_model_versions("name = 'kd-qa-student-smoke'")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -137,6 +138,36 @@ def test_pyfunc_loads_where_study_is_not_installed(store, questions, expected, t
     same_answers(json.loads(proc.stdout.strip().splitlines()[-1]), expected)
 
 
+# Records the model cannot answer, and what its refusal must name.
+BAD_RECORDS = [
+    ({"question": "Who?", "context": ""}, "empty context"),
+    ({"question": "Who?", "context": "   "}, "empty context"),
+    ({"question": "", "context": "Paris is in France."}, "empty question"),
+    ({"question": "Who?", "context": None}, "context"),
+    ({"question": "Who?", "context": 42}, "context"),
+    ({"question": 7, "context": "Paris is in France."}, "question"),
+]
+BAD_IDS = ["empty-context", "blank-context", "empty-question", "null-context",
+           "number-context", "number-question"]
+
+
+@pytest.fixture(scope="module")
+def champion(store):
+    return mlflow.pyfunc.load_model(URI)
+
+
+@pytest.mark.parametrize("record, needle", BAD_RECORDS, ids=BAD_IDS)
+def test_pyfunc_refuses_a_record_it_cannot_answer(champion, record, needle):
+    """A 400 with the reason (MLflow's status for the error code), not an answer to "None"."""
+    from mlflow.exceptions import MlflowException
+
+    good = {"question": "Where is Paris?", "context": "Paris is in France."}
+    with pytest.raises(MlflowException) as info:
+        champion.predict(pd.DataFrame([good, record]))
+    assert info.value.get_http_status_code() == 400
+    assert needle in info.value.message
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,9 +214,23 @@ def test_mlflow_models_serve_answers_invocations(store, questions, expected, tmp
         with urllib.request.urlopen(req, timeout=60) as r:
             answer = json.loads(r.read())
         same_answers(answer["predictions"], expected)
+        for record, needle in BAD_RECORDS:
+            status, reply = _post(f"{base}/invocations", {"dataframe_records": [record]})
+            assert status == 400, (record, reply)
+            assert needle in json.loads(reply)["message"], reply  # strict JSON: no NaN
     finally:
         stop(server)
         log.close()
+
+
+def _post(url: str, body: dict) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
 
 
 def test_study_predict_resolves_a_models_uri(store, questions, expected, tmp_path):
@@ -195,6 +240,9 @@ def test_study_predict_resolves_a_models_uri(store, questions, expected, tmp_pat
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "type hint" not in said.lower(), said[-3000:]  # MLflow's warning on a bare predict
+    assert "\x1b[" not in said, said[-3000:]  # nor its colour codes
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (got["answer"], got["start"], got["end"]) == \
         (expected[0]["answer"], expected[0]["start"], expected[0]["end"])

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.errors import StudyError
-from study.files import write_atomic
+from study.files import ensure_writable, write_atomic
 from study.layout import Layout, ReportFiles
 from study.report.figures import FIGURES
 from study.report.inputs import Inputs, load_inputs
@@ -51,6 +51,8 @@ def _png(inp: Inputs, name: str) -> bytes:
 def build_report(reports_dir: Path) -> list[Path]:
     """Write report.md, figures/*.png and plots/history.csv into `reports_dir`."""
     files = ReportFiles(Path(reports_dir))
+    # An unwritable folder is named as such, not as missing inputs (which it may also lack).
+    ensure_writable(files.root)
     inp = load_inputs(files.root)
     try:
         files.figures.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from study.report.inputs import ROLES, Inputs, ModelMetrics
-from study.report.numbers import LABELS, PAPER, batching_effect, best_so_far, dev_scores
+from study.report.numbers import LABELS, PAPER, best_so_far, dev_scores, importances_missing
 from study.report.plotting import (
     ROLE_COLORS,
     best_handle,
@@ -135,9 +135,9 @@ def fig_importances(inp: Inputs) -> Figure:
     fig = figure(7.0, 3.6)
     ax = fig.add_subplot()
     ax.set_title("Parameter importance for tune F1 (Optuna)", fontsize=11)
-    if not inp.importances:
-        no_data(ax, "not available: importances.json is absent\n"
-                    "(Optuna needs enough complete trials to estimate importances)")
+    missing = importances_missing(inp)
+    if missing is not None:
+        no_data(ax, wrap(missing, 60))
         return fig
     items = sorted(inp.importances.items(), key=lambda kv: (kv[1], kv[0]))  # largest on top
     y = list(range(len(items)))
@@ -195,32 +195,28 @@ def _label_offsets(models: dict[str, ModelMetrics], key) -> dict[str, tuple[int,
 
 
 def _latency_panel(fig: Figure, ax, models: dict[str, ModelMetrics]) -> None:
-    """Each model is a segment from its batch-32 to its batch-1 latency."""
-    lat = [v for m in models.values() for v in (m.latency_ms.batch1, m.latency_ms.batch32)
-           if v is not None]
+    """Each model at its median latency at batch 1, a bar to its 95th percentile."""
+    lat = [m.latency for m in models.values() if m.latency.batch1_median_ms is not None]
     if not lat:
         no_data(ax, "latency not measured")
         return
-    offsets = _label_offsets(models, lambda m: m.latency_ms.batch1 or m.latency_ms.batch32)
+    offsets = _label_offsets(models, lambda m: m.latency.batch1_median_ms)
     for role, m in models.items():
-        pts = [(v, mk) for v, mk in ((m.latency_ms.batch1, "o"), (m.latency_ms.batch32, "s"))
-               if v is not None]
-        if not pts:
+        median, p95 = m.latency.batch1_median_ms, m.latency.batch1_p95_ms
+        if median is None:
             continue
-        if len(pts) == 2:
-            ax.plot([p[0] for p in pts], [m.dev.f1] * 2, color=ROLE_COLORS[role], linewidth=1,
-                    alpha=0.5)
-        for v, mk in pts:
-            ax.scatter([v], [m.dev.f1], marker=mk, s=60, color=ROLE_COLORS[role], zorder=3)
-        label_point(ax, f"{LABELS[role]} ({m.dev.f1:.1f})", (max(p[0] for p in pts), m.dev.f1),
+        if p95 is not None:
+            ax.plot([median, p95], [m.dev.f1] * 2, color=ROLE_COLORS[role], linewidth=1.5,
+                    alpha=0.6)
+        ax.scatter([median], [m.dev.f1], marker="o", s=60, color=ROLE_COLORS[role], zorder=3)
+        label_point(ax, f"{LABELS[role]} ({m.dev.f1:.1f})", (max(median, p95 or median), m.dev.f1),
                     offsets[role], ROLE_COLORS[role])
-    ax.set_xlim(0, max(lat) * 1.45)
-    same_model = f"same model ({batching_effect(list(models.values()))})"
+    ax.set_xlim(0, max(max(x.batch1_median_ms, x.batch1_p95_ms or 0) for x in lat) * 1.45)
     fig.legend(handles=[
-        Line2D([], [], linestyle="", marker="o", color="#555555", label="batch size 1"),
-        Line2D([], [], linestyle="", marker="s", color="#555555", label="batch size 32"),
-        Line2D([], [], color="#555555", linewidth=1, alpha=0.5, label=same_model),
-    ], loc="outside lower center", ncol=3, fontsize=8.5)
+        Line2D([], [], linestyle="", marker="o", color="#555555",
+               label="median latency, one question at a time (batch 1)"),
+        Line2D([], [], color="#555555", linewidth=1.5, alpha=0.6, label="to its 95th percentile"),
+    ], loc="outside lower center", ncol=2, fontsize=8.5)
 
 
 def fig_tradeoff(inp: Inputs) -> Figure:
@@ -231,7 +227,7 @@ def fig_tradeoff(inp: Inputs) -> Figure:
     f1s = [m.dev.f1 for m in models.values()]
     span = max(max(f1s) - min(f1s), 2.0)
     _latency_panel(fig, ax_lat, models)
-    ax_lat.set_xlabel("inference latency per question (ms)")
+    ax_lat.set_xlabel("latency per question at batch 1 (ms)")
     ax_lat.set_ylabel("F1 on dev (%)")
     ax_lat.set_title("F1 against latency", fontsize=10)
     ax_lat.grid(alpha=0.3)

@@ -16,6 +16,7 @@ from study.report.numbers import (
     PAPER_V1_DISTILLED,
     dev_scores,
     gap_recovered,
+    importances_missing,
 )
 
 ROW_LABELS = {
@@ -172,11 +173,24 @@ def trials_table(inp: Inputs) -> str:
     return table(header, rows, "llrrr" + ("r" if lr else "") + "rrrl")
 
 
+def _per_s(x: float | None) -> str:
+    return "not measured" if x is None else f"{x:.1f} /s"
+
+
 def cost_table(inp: Inputs) -> str:
-    rows = [[LABELS[r], m.model, _millions(m.parameters), _ms(m.latency_ms.batch1),
-             _ms(m.latency_ms.batch32), f"{m.dev.f1:.1f}"] for r, m in inp.models.items()]
-    return table(["Model", "Ours", "Parameters", "Latency, batch 1", "Latency, batch 32",
-                  "dev F1 (single run)"], rows, "llrrrr")
+    rows = [[LABELS[r], m.model, _millions(m.parameters), _ms(m.latency.batch1_median_ms),
+             _ms(m.latency.batch1_p95_ms), _per_s(m.latency.batch32_questions_per_s),
+             "not measured" if m.latency.batch32_padding is None
+             else _pct(100 * m.latency.batch32_padding), f"{m.dev.f1:.1f}"]
+            for r, m in inp.models.items()]
+    return table(["Model", "Ours", "Parameters", "Latency, batch 1 (median)",
+                  "Latency, batch 1 (95th pct.)", "Throughput, batch 32", "Padding, batch 32",
+                  "dev F1 (single run)"], rows, "llrrrrrr")
+
+
+def latency_questions(inp: Inputs) -> str:
+    counts = {m.latency.questions for m in inp.models.values()} - {None}
+    return "the same dev questions" if len(counts) != 1 else f"the same {counts.pop()} dev questions"
 
 
 def runs_table(inp: Inputs) -> str:
@@ -239,9 +253,11 @@ def context(inp: Inputs) -> dict[str, Any]:
         "findings": findings(inp.seeds),
         "params_table": params and table(["Parameter", "Best value"],
                                          [[k, _g(params[k])] for k in sorted(params)]),
-        "importances_table": None if inp.importances is None else table(
+        "importances_missing": importances_missing(inp),
+        "importances_table": inp.importances and table(
             ["Parameter", "Importance"], [[k, f"{v:.3f}"] for k, v in imp]),
         "trials_table": trials_table(inp), "cost_table": cost_table(inp),
+        "latency_questions": latency_questions(inp),
         "curve_ends": curve_ends(inp),
         "runs_table": runs_table(inp), "environment_table": environment_table(inp),
     }

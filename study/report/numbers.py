@@ -1,5 +1,5 @@
 """What the report computes from its inputs: the scores it shows, the gap recovered,
-the best-so-far curve, and what batching did to latency."""
+and the best-so-far curve."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from study.metric import gap_recovered
-from study.report.inputs import ROLES, Inputs, ModelMetrics
+from study.report.inputs import ROLES, Inputs
 
 # Sanh et al. (2019), Table 2 (SQuAD v1.1 dev, EM / F1) and Table 3 (parameters).
 PAPER = {
@@ -44,12 +44,14 @@ def best_so_far(trials: pd.DataFrame) -> pd.Series:
     return scores.cummax().ffill()
 
 
-def batching_effect(models: list[ModelMetrics]) -> str:
-    """What batch 32 did to latency per question, as measured (it need not help on a CPU)."""
-    pairs = [(m.latency_ms.batch1, m.latency_ms.batch32) for m in models]
-    pairs = [(b1, b32) for b1, b32 in pairs if b1 is not None and b32 is not None]
-    if pairs and all(b32 < b1 for b1, b32 in pairs):
-        return "latency per question falls with batching"
-    if pairs and all(b32 > b1 for b1, b32 in pairs):
-        return "latency per question rises with batching on this device"
-    return "latency per question: batch 1 against batch 32"
+def importances_missing(inp: Inputs) -> str | None:
+    """Why the report has no parameter importances (None when it has them)."""
+    if inp.importances:
+        return None
+    if inp.importances is None:
+        return "not run (importances.json is absent)"
+    complete = inp.metrics.search.n_complete
+    if complete < 2:
+        return (f"not estimated: Optuna's importances need at least two complete trials "
+                f"(this study has {complete})")
+    return "not estimated: Optuna could not tell the parameters' effects apart in these trials"

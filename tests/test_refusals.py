@@ -1,0 +1,70 @@
+"""Bad input refused at the door: one `study <cmd>: error:` line naming the problem, exit 2,
+and nothing written or rewritten. In-process through main() (the CLI's parser, dispatch and
+error path); every case fails before any model is loaded or trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from study.cli import main
+
+
+def refused(capsys, *args: str) -> str:
+    code = main([*args, "--params", str(REPO_ROOT / "params.yaml"), "--profile", "smoke"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"study {args[0]}: error:"), lines[0]
+    return lines[0]
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--n-trials", "0"], "search.n_trials must be greater than or equal to 1 (got 0)"),
+    (["--n-trials", "-1"], "search.n_trials must be greater than or equal to 1 (got -1)"),
+    (["--timeout", "0"], "search.timeout must be greater than 0"),
+    (["--timeout", "-5"], "search.timeout must be greater than 0"),
+])
+def test_search_refuses_a_non_positive_session_before_writing(tmp_path, monkeypatch, capsys,
+                                                              args, needle):
+    """0 is not "the default" and -1 is not "nothing to do": trials.csv stays as it was."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "trials.csv").write_text("number,state\n0,COMPLETE\n")
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, "search", *args, "--set", f"runtime.reports={reports}")
+    assert needle in line
+    assert files_under(tmp_path) == {"reports/trials.csv": b"number,state\n0,COMPLETE\n"}
+
+
+def test_report_names_an_unwritable_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, "report", "--set", "runtime.reports=/proc/forbidden")
+    assert "/proc/forbidden is not writable" in line
+    assert "metrics.json" not in line
+
+
+@pytest.mark.parametrize("answer, question, needle", [
+    ("", "Where is it?", "empty answer text for questions q-bad"),
+    ("Paris", "  ", "empty question for questions q-bad"),
+])
+def test_prepare_refuses_blank_answers_and_questions(tmp_path, monkeypatch, capsys,
+                                                     answer, question, needle):
+    context = "Paris is the capital of France."
+    good = {"id": "q-good", "question": "What is the capital?",
+            "answers": [{"text": "Paris", "answer_start": 0}]}
+    bad = {"id": "q-bad", "question": question, "answers": [{"text": answer, "answer_start": 0}]}
+    data = tmp_path / "local.json"
+    data.write_text(json.dumps({"version": "1.1", "data": [
+        {"title": "T", "paragraphs": [{"context": context, "qas": [good, bad]}]}]}))
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, "prepare", "--set", "data.source=local", "--set", f"data.path={data}")
+    assert needle in line and "q-good" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.json"]
