@@ -74,7 +74,7 @@ def smoke_sized(params: dict) -> dict:
     """The top level (what DVC tracks) with the smoke profile's values, fewer still where
     the smoke profile is generous; the stages keep writing where dvc.yaml says."""
     smoke = {k: v for k, v in params["profiles"]["smoke"].items() if k != "runtime"}
-    smaller = {"search": {"n_trials": 2}, "seeds": {"values": [1, 2]}}
+    smaller = {"search": {"n_trials": 2}}
     return deep_merge(deep_merge(params, smoke), smaller)
 
 
