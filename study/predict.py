@@ -32,8 +32,8 @@ def load_answerer(cfg: Config, ref: str) -> QuestionAnswerer:
     from mlflow.exceptions import MlflowException
 
     from study.serving import QuestionAnsweringModel
-    from study.storage import absolute_sqlite
-    mlflow.set_tracking_uri(absolute_sqlite(cfg.tracking.uri))
+    from study.tracking import Tracker
+    Tracker(cfg)  # opens the store (a copied checkout's own artifacts, see repoint_artifacts)
     try:
         model = mlflow.pyfunc.load_model(ref).unwrap_python_model()
     except (MlflowException, OSError) as exc:

@@ -29,6 +29,11 @@ from study.layout import Layout
 from study.storage import absolute_sqlite, redact, schema_lock
 
 PARENT_TAG = "mlflow.parentRunId"
+# Where a SQLite store records artifact locations (MLflow 3's schema): rewritten together
+# when the store's artifact folder has moved with the checkout (`repoint_artifacts`).
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"), ("model_versions", "source"),
+                    ("model_versions", "storage_location"))
 # MLflow stores a dataset digest in 36 characters: the split's SHA-256, shortened.
 DIGEST_CHARS = 16
 STATE_TAG = "optuna_state"  # a trial's Optuna state; PRUNED is set here, as the run ends
@@ -110,6 +115,43 @@ def dataset_inputs(cfg: Config, split_hashes: dict[str, str]) -> list:
             for split, digest in split_hashes.items()]
 
 
+def _folder(uri: str | None) -> Path | None:
+    return Path(uri[len("file://"):]) if uri and uri.startswith("file:///") else None
+
+
+def repoint_artifacts(store: str, old: str, new: str | None) -> int:
+    """Re-point a local store's recorded artifact locations from `old` to `new`: the
+    checkout (store and artifact folder) was copied or moved. Returns the rows changed.
+
+    MLflow records absolute locations (the experiment's, each run's, each logged model's and
+    model version's) and has no API to change them, so a copy would keep writing into, and
+    loading models from, the original folder. Only a SQLite store moves with the checkout,
+    and only when `new` holds the artifacts (it exists, or `old` is gone): a changed
+    tracking.artifact_location alone leaves the recorded runs where their files are.
+    Call it under the store's `schema_lock` (Tracker does), so workers do not race.
+    """
+    old_dir, new_dir = _folder(old), _folder(new)
+    if (not store.startswith("sqlite:///") or old_dir is None or new_dir is None
+            or old_dir == new_dir or not (new_dir.is_dir() or not old_dir.exists())):
+        return 0
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(store, poolclass=sqlalchemy.pool.NullPool)
+    changed = 0
+    with engine.begin() as conn:  # one transaction: all or nothing
+        tables = set(sqlalchemy.inspect(conn).get_table_names())
+        for table, column in ARTIFACT_COLUMNS:
+            if table not in tables:
+                continue
+            # The folder itself, or a path below it (not a sibling sharing its prefix).
+            changed += conn.execute(sqlalchemy.text(
+                f"UPDATE {table} SET {column} = :new || substr({column}, :n + 1) "
+                f"WHERE {column} = :old OR substr({column}, 1, :n + 1) = :old || '/'"),
+                {"old": old, "new": new, "n": len(old)}).rowcount
+    engine.dispose()
+    return changed
+
+
 class RunHandle:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
@@ -170,12 +212,9 @@ class Tracker:
             raise StudyError(f"cannot open MLflow tracking store {redact(uri)}: "
                              f"{str(exc).splitlines()[0][:200]}") from None
 
-    def _experiment_id(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
-
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
+    def _artifact_root(self) -> str | None:
+        """tracking.artifact_location as a URI, a local folder resolved against the current
+        folder now (None: the tracking server's own, for a server store)."""
         location = self.cfg.tracking.artifact_location
         if "://" not in location:
             # A tracking server stores artifacts where its --artifacts-destination says
@@ -183,6 +222,17 @@ class Tracker:
             # only for a local store.
             remote = self.cfg.tracking.uri.startswith(("http://", "https://"))
             location = None if remote else Path(location).resolve().as_uri()
+        return location
+
+    def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        location = self._artifact_root()
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            repoint_artifacts(absolute_sqlite(self.cfg.tracking.uri), exp.artifact_location,
+                              location)
+            return exp.experiment_id
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException as exc:
