@@ -4,8 +4,8 @@ Runs are created and ended here, through MlflowClient with explicit run ids: no 
 "active run", so no "run already active" errors, and the Trainer's own MLflow reporting
 stays off (report_to="none"); its metrics reach MLflow through `MlflowLogCallback`.
 Every run is opened by a context manager here (`Tracker.run`, or `Tracker.shared_run` for
-the study's parent) and ends as its block ends: FINISHED, FINISHED tagged pruned (Optuna
-stopped the trial), KILLED (Ctrl-C) or FAILED with its reason, never left RUNNING.
+the study's parent) and ends as its block ends: FINISHED, FINISHED named, tagged and
+described as pruned (Optuna stopped the trial), KILLED (Ctrl-C) or FAILED with its reason, never left RUNNING.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ DIGEST_CHARS = 16
 STATE_TAG = "optuna_state"  # a trial's Optuna state; PRUNED is set here, as the run ends
 PRUNE_TAG = "prune_reason"
 FAILURE_TAG = "failure_reason"
+NOTE_TAG = "mlflow.note.content"  # the run's Description in the UI (Markdown)
+# MLflow has no PRUNED status: a pruned run keeps FINISHED (its numbers are valid) and says
+# so in its name, which the runs list shows beside the status, and in its description.
+PRUNED_SUFFIX = " (pruned)"
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,10 @@ class RunHandle:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         if items:
             self.client.log_batch(self.run_id, params=items)
+
+    def describe(self, markdown: str) -> None:
+        """The run's description (the UI renders it as Markdown above the run's details)."""
+        self.set_tags({NOTE_TAG: markdown})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -317,6 +325,11 @@ class Tracker:
     def _end(self, handle: RunHandle, outcome: Outcome) -> None:
         if outcome.pruned:
             handle.set_tags({STATE_TAG: "PRUNED", PRUNE_TAG: outcome.reason or ""})
+            handle.describe(f"**Pruned by Optuna**: {outcome.reason or 'no reason given'}. "
+                            "Its metrics are valid, from fewer training steps.")
+            name = self.client.get_run(handle.run_id).info.run_name
+            if not name.endswith(PRUNED_SUFFIX):
+                self.client.update_run(handle.run_id, name=name + PRUNED_SUFFIX)
         elif outcome.reason:
             handle.set_tags({FAILURE_TAG: outcome.reason[:4000]})
         self.client.set_terminated(handle.run_id, status=outcome.status)

@@ -61,6 +61,10 @@ def test_a_pruned_trial_finishes_tagged_pruned(tracker):
     assert tags["optuna_state"] == "PRUNED"
     assert tags["prune_reason"] == "pruned at evaluation 2 (tune F1 3.00)"
     assert "failure_reason" not in tags
+    # MLflow has no PRUNED status: the name beside it and the description say so.
+    assert tracker.client.get_run(handle.run_id).info.run_name == "trial-1 (pruned)"
+    assert "Pruned by Optuna" in tags["mlflow.note.content"]
+    assert "pruned at evaluation 2" in tags["mlflow.note.content"]
 
 
 def test_ctrl_c_kills_the_run(tracker):
