@@ -202,6 +202,10 @@ def run_through_dvc() -> None:
     except KeyboardInterrupt:
         proc.wait()  # DVC got the same Ctrl-C: it stops the stage and keeps dvc.lock whole
         raise
+    finally:
+        if proc.poll() is None:  # stopped by anything else: DVC stops with us
+            proc.terminate()
+            proc.wait()
     if current:
         timings[current] = str(round(time.time() - t0, 1))
     if code != 0:
