@@ -46,8 +46,7 @@ def runs_url(port: int, experiment_id: str, view_key: str | None = VIEW_KEY) -> 
 def share_study_view(tracker: Tracker) -> None:
     """The study's columns as the experiment's shared view `VIEW_KEY` (plain JSON, which the
     UI reads as it reads its own compressed form)."""
-    view = {"selectedColumns": VIEW_COLUMNS, "orderByKey": "attributes.start_time",
-            "orderByAsc": False}
+    view = {"selectedColumns": VIEW_COLUMNS}  # the rest (order, filters) stays the UI's default
     tracker.client.set_experiment_tag(tracker.experiment_id, SHARED_VIEW_TAG + VIEW_KEY,
                                       json.dumps(view))
 
