@@ -93,6 +93,7 @@ def test_after_study_run_dvc_has_nothing_to_do(tmp_path):
     times = re.search(r"^== stage wall times \(s\): (.*); total", out, flags=re.MULTILINE)
     assert times, out[-3000:]
     assert [item.split()[0] for item in times[1].split(", ")] == ran
+    print(times[0])  # with -s: each stage's wall time
 
     status = run(clone, env, "dvc", "status")
     assert "Data and pipelines are up to date." in status, status
