@@ -318,10 +318,10 @@ def trials_markdown(study: optuna.Study) -> str:
     """The trials as a Markdown table, best first: the parent run's description, which the
     MLflow UI shows on the study's run page without any column to pick."""
     rows = sorted(trials_table(study), key=lambda r: (r.tune_f1 is None, -(r.tune_f1 or 0)))
-    lines = [f"**Optuna study `{study.study_name}`**: {len(rows)} trials, best first "
-             "(objective: tune F1; dev F1 is reported only).", "",
-             "| trial | state | arm | temperature | alpha_ce | alpha_squad | learning_rate "
-             "| tune F1 | dev F1 |", "|" + "---|" * 9]
+    lines = [(f"**Optuna study `{study.study_name}`**: {len(rows)} trials, best first "
+              "(objective: tune F1; dev F1 is reported only)."), "",
+             ("| trial | state | arm | temperature | alpha_ce | alpha_squad | learning_rate "
+              "| tune F1 | dev F1 |"), "|" + "---|" * 9]
     lines += [f"| {r.number} | {r.state} | {r.arm} | {_cell(r.temperature, 3)} "
               f"| {_cell(r.alpha_ce, 3)} | {_cell(r.alpha_squad, 3)} | {_cell(r.learning_rate, 6)} "
               f"| {_cell(r.tune_f1, 2)} | {_cell(r.dev_f1, 2)} |" for r in rows]

@@ -171,7 +171,7 @@ def test_a_pruned_trial_is_tagged_pruned(ws):
     states = [t.state.name for t in load(ws, "p1").trials]
     assert states == ["COMPLETE", "PRUNED"]
     _, runs = runs_of(ws, "p1")
-    run = [r for r in runs if r.data.tags.get("optuna_trial") == "1"][0]
+    run = next(r for r in runs if r.data.tags.get("optuna_trial") == "1")
     assert run.info.run_name == "trial-1 (pruned)"  # beside the status the UI shows
     assert run.data.tags["optuna_state"] == "PRUNED"
     assert run.info.status == "FINISHED" and "pruned at evaluation 1" in run.data.tags["prune_reason"]

@@ -81,7 +81,7 @@ def wait_for(lines: queue.Queue, pattern: str, seen: list[str]) -> re.Match:
         seen.append(line)
         if match := re.search(pattern, line):
             return match
-    pytest.fail("no line matching %r in %d s:\n%s" % (pattern, WAIT_S, "".join(seen)))
+    pytest.fail(f"no line matching {pattern!r} in {WAIT_S} s:\n{''.join(seen)}")
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
