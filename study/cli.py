@@ -1,6 +1,7 @@
 """`study`: one subcommand per pipeline stage; DVC runs these same commands.
 
-    study run                      # prepare .. search, best, seeds, report (default profile)
+    study run                      # prepare .. search, best, seeds, report (default profile,
+                                   # through `dvc repro`, so dvc.lock records it)
     study run --profile smoke      # the same in seconds, on a few questions
     study distill --temperature 4 --alpha-ce 0.7 --alpha-squad 0.3
     study search --n-trials 20     # add trials to the Optuna study
@@ -12,16 +13,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
+import re
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from study.errors import StudyError
 
 # The main job: the whole study. The standalone `distill` stage is left out: the search's
 # first trial is the same configuration (the authors' setting).
 RUN_CHAIN = ("prepare", "teacher", "baseline", "search", "best", "seeds", "report")
+# What `dvc repro` prints as it starts or skips a stage (read to time each stage).
+DVC_STAGE = re.compile(r"^(?:Running stage '([^']+)'|Stage '([^']+)' didn't change)")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -123,22 +130,96 @@ def dispatch(args: argparse.Namespace) -> None:
     elif cmd == "ui":
         _stage("ui").run(cfg, port=args.port)
     elif cmd == "run":
-        total = time.time()
-        timings = {}
-        skip = set(args.skip)
-        if "best" in skip:
-            skip.add("report")  # the report is built from what `best` exports
-        for name in RUN_CHAIN:
-            if name in skip:
-                continue
-            print(f"== study {name} ({cfg.profile})", flush=True)
-            t0 = time.time()
-            _stage(name).run(cfg)
-            timings[name] = round(time.time() - t0, 1)
-        print("== stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())
-              + f"; total {round(time.time() - total, 1)}")
+        run_main_job(cfg, args)
     else:
         _stage(cmd).run(cfg)
+
+
+def not_what_dvc_tracks(cfg, args: argparse.Namespace) -> str | None:
+    """Why this run is not the one dvc.yaml describes (None when it is): DVC runs the
+    stage commands with no options, on ./params.yaml's top level, from the repo root."""
+    here = Path.cwd()
+    if cfg.profile != "default":
+        return f"profile {cfg.profile}"
+    if args.overrides:
+        return "--set " + " ".join(args.overrides)
+    if args.skip:
+        return "--skip " + " ".join(args.skip)
+    if not ((here / "dvc.yaml").is_file() and (here / ".dvc").is_dir()):
+        return "not at the root of a DVC repository"
+    if args.params and Path(args.params).resolve() != (here / "params.yaml").resolve():
+        return f"params file {args.params}, not ./params.yaml"
+    if not (here / "params.yaml").is_file():
+        return "no ./params.yaml"
+    if importlib.util.find_spec("dvc") is None:
+        return "DVC is not installed"
+    return None
+
+
+def print_wall_times(timings: dict[str, str], started: float) -> None:
+    print("== stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())
+          + f"; total {round(time.time() - started, 1)}", flush=True)
+
+
+def run_main_job(cfg, args: argparse.Namespace) -> None:
+    """The main job. On what dvc.yaml tracks, `dvc repro` runs it (the same stage commands),
+    so dvc.lock records every stage and `dvc status` is clean afterwards; else in-process."""
+    reason = not_what_dvc_tracks(cfg, args)
+    if reason is None:
+        run_through_dvc()
+        return
+    started, timings = time.time(), {}
+    skip = set(args.skip)
+    if "best" in skip:
+        skip.add("report")  # the report is built from what `best` exports
+    for name in RUN_CHAIN:
+        if name in skip:
+            continue
+        print(f"== study {name} ({cfg.profile})", flush=True)
+        t0 = time.time()
+        _stage(name).run(cfg)
+        timings[name] = str(round(time.time() - t0, 1))
+    print_wall_times(timings, started)
+    print(f"== dvc.lock not updated ({reason}): `study run` goes through `dvc repro` only on "
+          "the default profile and ./params.yaml with no --set or --skip", flush=True)
+
+
+def run_through_dvc() -> None:
+    """`dvc repro`: every stage of dvc.yaml, the standalone `distill` included (a stage left
+    out of dvc.lock is one `dvc status` lists as changed). Stages already up to date are
+    skipped. Each stage is timed from DVC's own "Running stage" lines."""
+    started = time.time()
+    print("== study run: dvc repro (dvc.lock records every stage)", flush=True)
+    # The stage commands run `study`: this environment's, whichever `study` is first on PATH.
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
+           + os.environ.get("PATH", ""), "DVC_NO_ANALYTICS": "1"}
+    timings: dict[str, str] = {}
+    current, t0 = None, time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+    try:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            found = DVC_STAGE.match(line)
+            if found:
+                if current:
+                    timings[current] = str(round(time.time() - t0, 1))
+                current, t0 = found[1], time.time()
+                if found[2]:
+                    timings[found[2]] = "unchanged"
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()  # DVC got the same Ctrl-C: it stops the stage and keeps dvc.lock whole
+        raise
+    finally:
+        if proc.poll() is None:  # stopped by anything else: DVC stops with us
+            proc.terminate()
+            proc.wait()
+    if current:
+        timings[current] = str(round(time.time() - t0, 1))
+    if code != 0:
+        raise StudyError(f"dvc repro failed (exit {code}) at stage {current}: see above")
+    print_wall_times(timings, started)
 
 
 def _not_an_interrupt(record: logging.LogRecord) -> bool:

@@ -32,9 +32,10 @@ def load_answerer(cfg: Config, ref: str) -> QuestionAnswerer:
     from mlflow.exceptions import MlflowException
 
     from study.serving import QuestionAnsweringModel
-    from study.storage import absolute_sqlite, redact, redact_in
+    from study.storage import redact, redact_in
+    from study.tracking import Tracker
     uri = cfg.tracking.uri
-    mlflow.set_tracking_uri(absolute_sqlite(uri))
+    Tracker(cfg)  # opens the store (a copied checkout's own artifacts, see repoint_artifacts)
     try:
         model = mlflow.pyfunc.load_model(ref).unwrap_python_model()
     except (MlflowException, OSError) as exc:

@@ -310,6 +310,24 @@ def export_trials(study: optuna.Study, path: Path) -> None:
     write_trials(path, trials_table(study))
 
 
+def _cell(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def trials_markdown(study: optuna.Study) -> str:
+    """The trials as a Markdown table, best first: the parent run's description, which the
+    MLflow UI shows on the study's run page without any column to pick."""
+    rows = sorted(trials_table(study), key=lambda r: (r.tune_f1 is None, -(r.tune_f1 or 0)))
+    lines = [(f"**Optuna study `{study.study_name}`**: {len(rows)} trials, best first "
+              "(objective: tune F1; dev F1 is reported only)."), "",
+             ("| trial | state | arm | temperature | alpha_ce | alpha_squad | learning_rate "
+              "| tune F1 | dev F1 |"), "|" + "---|" * 9]
+    lines += [f"| {r.number} | {r.state} | {r.arm} | {_cell(r.temperature, 3)} "
+              f"| {_cell(r.alpha_ce, 3)} | {_cell(r.alpha_squad, 3)} | {_cell(r.learning_rate, 6)} "
+              f"| {_cell(r.tune_f1, 2)} | {_cell(r.dev_f1, 2)} |" for r in rows]
+    return "\n".join(lines)
+
+
 def prune_weights(study: optuna.Study, cfg: Config) -> None:
     """Keep only the best trial's weights on disk (each student is ~70 MB)."""
     root = Layout.of(cfg).search.trials
@@ -335,6 +353,7 @@ def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: Run
               f"tune F1={trial.value if trial.value is not None else '-'}", flush=True)
         if cfg.search.keep_weights:
             prune_weights(study, cfg)
+        parent.describe(trials_markdown(study))
 
     started = time.time()
     try:
@@ -346,6 +365,7 @@ def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: Run
                    session_seconds=round(time.time() - started, 1))
         export_trials(study, Layout.of(cfg).reports.trials)
         parent.set_tags({k: v for k, v in doc.items() if k.startswith(("best", "n_"))})
+        parent.describe(trials_markdown(study))
         if doc.get("best_trial") is not None:
             parent.log_metrics({"best_tune_f1": doc["best_tune_f1"]})
     return doc

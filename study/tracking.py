@@ -4,8 +4,8 @@ Runs are created and ended here, through MlflowClient with explicit run ids: no 
 "active run", so no "run already active" errors, and the Trainer's own MLflow reporting
 stays off (report_to="none"); its metrics reach MLflow through `MlflowLogCallback`.
 Every run is opened by a context manager here (`Tracker.run`, or `Tracker.shared_run` for
-the study's parent) and ends as its block ends: FINISHED, FINISHED tagged pruned (Optuna
-stopped the trial), KILLED (Ctrl-C) or FAILED with its reason, never left RUNNING.
+the study's parent) and ends as its block ends: FINISHED, FINISHED named, tagged and
+described as pruned (Optuna stopped the trial), KILLED (Ctrl-C) or FAILED with its reason, never left RUNNING.
 """
 
 from __future__ import annotations
@@ -29,11 +29,20 @@ from study.layout import Layout
 from study.storage import absolute_sqlite, redact, redact_in, schema_lock
 
 PARENT_TAG = "mlflow.parentRunId"
+# Where a SQLite store records artifact locations (MLflow 3's schema): rewritten together
+# when the store's artifact folder has moved with the checkout (`repoint_artifacts`).
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"), ("model_versions", "source"),
+                    ("model_versions", "storage_location"))
 # MLflow stores a dataset digest in 36 characters: the split's SHA-256, shortened.
 DIGEST_CHARS = 16
 STATE_TAG = "optuna_state"  # a trial's Optuna state; PRUNED is set here, as the run ends
 PRUNE_TAG = "prune_reason"
 FAILURE_TAG = "failure_reason"
+NOTE_TAG = "mlflow.note.content"  # the run's Description in the UI (Markdown)
+# MLflow has no PRUNED status: a pruned run keeps FINISHED (its numbers are valid) and says
+# so in its name, which the runs list shows beside the status, and in its description.
+PRUNED_SUFFIX = " (pruned)"
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,43 @@ def dataset_inputs(cfg: Config, split_hashes: dict[str, str]) -> list:
             for split, digest in split_hashes.items()]
 
 
+def _folder(uri: str | None) -> Path | None:
+    return Path(uri[len("file://"):]) if uri and uri.startswith("file:///") else None
+
+
+def repoint_artifacts(store: str, old: str, new: str | None) -> int:
+    """Re-point a local store's recorded artifact locations from `old` to `new`: the
+    checkout (store and artifact folder) was copied or moved. Returns the rows changed.
+
+    MLflow records absolute locations (the experiment's, each run's, each logged model's and
+    model version's) and has no API to change them, so a copy would keep writing into, and
+    loading models from, the original folder. Only a SQLite store moves with the checkout,
+    and only when `new` holds the artifacts (it exists, or `old` is gone): a changed
+    tracking.artifact_location alone leaves the recorded runs where their files are.
+    Call it under the store's `schema_lock` (Tracker does), so workers do not race.
+    """
+    old_dir, new_dir = _folder(old), _folder(new)
+    if (not store.startswith("sqlite:///") or old_dir is None or new_dir is None
+            or old_dir == new_dir or not (new_dir.is_dir() or not old_dir.exists())):
+        return 0
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(store, poolclass=sqlalchemy.pool.NullPool)
+    changed = 0
+    with engine.begin() as conn:  # one transaction: all or nothing
+        tables = set(sqlalchemy.inspect(conn).get_table_names())
+        for table, column in ARTIFACT_COLUMNS:
+            if table not in tables:
+                continue
+            # The folder itself, or a path below it (not a sibling sharing its prefix).
+            changed += conn.execute(sqlalchemy.text(
+                f"UPDATE {table} SET {column} = :new || substr({column}, :n + 1) "
+                f"WHERE {column} = :old OR substr({column}, 1, :n + 1) = :old || '/'"),
+                {"old": old, "new": new, "n": len(old)}).rowcount
+    engine.dispose()
+    return changed
+
+
 class RunHandle:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
@@ -127,6 +173,10 @@ class RunHandle:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         if items:
             self.client.log_batch(self.run_id, params=items)
+
+    def describe(self, markdown: str) -> None:
+        """The run's description (the UI renders it as Markdown above the run's details)."""
+        self.set_tags({NOTE_TAG: markdown})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -170,12 +220,9 @@ class Tracker:
             raise StudyError(f"cannot open MLflow tracking store {redact(uri)}: "
                              f"{redact_in(str(exc).splitlines()[0][:200], uri)}") from None
 
-    def _experiment_id(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
-
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
+    def _artifact_root(self) -> str | None:
+        """tracking.artifact_location as a URI, a local folder resolved against the current
+        folder now (None: the tracking server's own, for a server store)."""
         location = self.cfg.tracking.artifact_location
         if "://" not in location:
             # A tracking server stores artifacts where its --artifacts-destination says
@@ -183,6 +230,17 @@ class Tracker:
             # only for a local store.
             remote = self.cfg.tracking.uri.startswith(("http://", "https://"))
             location = None if remote else Path(location).resolve().as_uri()
+        return location
+
+    def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        location = self._artifact_root()
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            repoint_artifacts(absolute_sqlite(self.cfg.tracking.uri), exp.artifact_location,
+                              location)
+            return exp.experiment_id
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException as exc:
@@ -267,6 +325,11 @@ class Tracker:
     def _end(self, handle: RunHandle, outcome: Outcome) -> None:
         if outcome.pruned:
             handle.set_tags({STATE_TAG: "PRUNED", PRUNE_TAG: outcome.reason or ""})
+            handle.describe(f"**Pruned by Optuna**: {outcome.reason or 'no reason given'}. "
+                            "Its metrics are valid, from fewer training steps.")
+            name = self.client.get_run(handle.run_id).info.run_name
+            if not name.endswith(PRUNED_SUFFIX):
+                self.client.update_run(handle.run_id, name=name + PRUNED_SUFFIX)
         elif outcome.reason:
             handle.set_tags({FAILURE_TAG: outcome.reason[:4000]})
         self.client.set_terminated(handle.run_id, status=outcome.status)

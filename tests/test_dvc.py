@@ -74,3 +74,23 @@ def test_stage_outputs_are_where_the_default_profile_writes():
     for stage in ("prepare", "teacher", "baseline", "distill"):
         for out in paths(STAGES[stage]["outs"]):
             assert out.startswith(art + "/"), f"{stage} writes {out}, the profile writes {art}"
+
+
+def test_study_run_goes_through_dvc_only_on_what_dvc_yaml_tracks(tmp_path, monkeypatch):
+    from study.cli import build_parser, not_what_dvc_tracks
+
+    def reason(*argv: str) -> str | None:
+        args = build_parser().parse_args(["run", *argv])
+        return not_what_dvc_tracks(load_config(args.params, args.profile, args.overrides), args)
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    assert reason() == "not at the root of a DVC repository"
+    (tmp_path / "dvc.yaml").write_text((REPO_ROOT / "dvc.yaml").read_text())
+    (tmp_path / ".dvc").mkdir()
+    assert reason() is None
+    assert reason("--params", "params.yaml", "--profile", "default") is None
+    assert reason("--profile", "smoke") == "profile smoke"
+    assert reason("--set", "seed=3") == "--set seed=3"
+    assert reason("--skip", "seeds") == "--skip seeds"
+    assert reason("--params", str(REPO_ROOT / "params.yaml")).startswith("params file")

@@ -108,10 +108,21 @@ def test_trials_are_nested_runs_with_params_metrics_tags_artifacts(ws, monkeypat
     assert parent.data.tags["best_trial"] == str(best.number)
     assert abs(parent.data.metrics["best_tune_f1"] - best.value) < 1e-9
 
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("role") == "trial"}
-    assert set(children) == {f"trial-{n}" for n in states}
+    # The parent's description: every trial, with its params and scores, best first.
+    note = parent.data.tags["mlflow.note.content"].splitlines()
+    table = [line for line in note if line.startswith("| ") and not line.startswith("| trial")]
+    assert len(table) == len(states)
+    best_row = [line for line in table if line.startswith(f"| {best.number} | COMPLETE |")]
+    assert len(best_row) == 1 and f"| {best.value:.2f} |" in best_row[0]
+    assert table[-1].startswith("| 1 | FAIL |")  # no score: last
+
+    children = {int(r.data.tags["optuna_trial"]): r for r in runs
+                if r.data.tags.get("role") == "trial"}
+    assert set(children) == set(states)
     for n, state in states.items():
-        run = children[f"trial-{n}"]
+        run = children[n]
+        suffix = " (pruned)" if state == "PRUNED" else ""
+        assert run.info.run_name == f"trial-{n}{suffix}"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["optuna_state"] == state
         for key in ("temperature", "alpha_ce", "alpha_squad", "learning_rate", "seed",
@@ -160,7 +171,8 @@ def test_a_pruned_trial_is_tagged_pruned(ws):
     states = [t.state.name for t in load(ws, "p1").trials]
     assert states == ["COMPLETE", "PRUNED"]
     _, runs = runs_of(ws, "p1")
-    run = [r for r in runs if r.info.run_name == "trial-1"][0]
+    run = next(r for r in runs if r.data.tags.get("optuna_trial") == "1")
+    assert run.info.run_name == "trial-1 (pruned)"  # beside the status the UI shows
     assert run.data.tags["optuna_state"] == "PRUNED"
     assert run.info.status == "FINISHED" and "pruned at evaluation 1" in run.data.tags["prune_reason"]
 

@@ -5,15 +5,21 @@ Also the environment recorded on every run: the dirty flag means code or params 
 from __future__ import annotations
 
 import ast
+import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
+from conftest import make_tiny_distilbert_qa
 from mlflow.entities import ViewType
 
+from study.best import log_registered_model
 from study.config import load_config
+from study.modeling import save_model
+from study.predict import load_answerer
 from study.tracking import Tracker, git_state
 
 STUDY = Path(__file__).resolve().parents[1] / "study"
@@ -55,6 +61,10 @@ def test_a_pruned_trial_finishes_tagged_pruned(tracker):
     assert tags["optuna_state"] == "PRUNED"
     assert tags["prune_reason"] == "pruned at evaluation 2 (tune F1 3.00)"
     assert "failure_reason" not in tags
+    # MLflow has no PRUNED status: the name beside it and the description say so.
+    assert tracker.client.get_run(handle.run_id).info.run_name == "trial-1 (pruned)"
+    assert "Pruned by Optuna" in tags["mlflow.note.content"]
+    assert "pruned at evaluation 2" in tags["mlflow.note.content"]
 
 
 def test_ctrl_c_kills_the_run(tracker):
@@ -187,3 +197,52 @@ def test_pipeline_outputs_do_not_make_the_tree_dirty_code_does(tmp_path, monkeyp
     assert git_state()["git_dirty"] == "false"
     (tmp_path / "params.yaml").write_text("b\n")
     assert git_state()["git_dirty"] == "true"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_copied_checkout_writes_and_loads_only_its_own_store(tmp_path, monkeypatch,
+                                                               params_path, distil_tokenizer):
+    # The project's own store settings: sqlite:///mlruns/mlflow.db and mlruns/artifacts,
+    # relative to the checkout, with a run, an artifact and a registered champion in it.
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)
+    cfg = load_config(params_path, "smoke")
+    previous = mlflow.get_tracking_uri()
+    try:
+        model_dir = original / "student"
+        save_model(make_tiny_distilbert_qa(len(distil_tokenizer)), distil_tokenizer, model_dir)
+        with Tracker(cfg).run("best", "best") as handle:
+            handle.log_artifact(model_dir / "config.json")
+            log_registered_model(handle, model_dir, cfg)
+        before = snapshot(original)
+        assert any(name.startswith("mlruns/artifacts/") for name in before)
+
+        shutil.copytree(original, copy)
+        monkeypatch.chdir(copy)
+        tracker = Tracker(cfg)
+        with tracker.run("trial-0", "trial") as handle:
+            handle.log_artifact(copy / "student" / "config.json")
+            handle.log_dict({"a": 1}, "config.json")
+        assert snapshot(original) == before, "the copy wrote into the original checkout"
+        root = (copy / "mlruns" / "artifacts").as_uri() + "/"
+        runs = tracker.client.search_runs([tracker.experiment_id])
+        assert len(runs) == 2 and all(r.info.artifact_uri.startswith(root) for r in runs)
+        assert (copy / "mlruns" / "artifacts" / handle.run_id / "artifacts" / "config.json").exists()
+
+        # The original gone, the champion loads from the copy's own files and writes there.
+        shutil.rmtree(original)
+        assert load_answerer(cfg, "models:/kd-qa-student-smoke@champion") is not None
+        assert not original.exists(), "loading the champion wrote into the original folder"
+        version = tracker.client.get_model_version_by_alias("kd-qa-student-smoke", "champion")
+        storage = tracker.client._get_registry_client().store  # the stored location itself
+        assert storage.get_model_version_download_uri(version.name, version.version) \
+            .startswith(root)
+        assert list((copy / "mlruns" / "artifacts").rglob("registered_model_meta"))
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -1,21 +1,28 @@
-"""`study ui`: the real MLflow UI on the project's store, on 127.0.0.1, and the address of the
-study's runs page it prints."""
+"""`study ui`: the real MLflow UI on the project's store, on 127.0.0.1. It prints the study's
+runs page (model-training view, the study's columns) only once the server answers, and takes
+the server and its workers down with it on SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import study_command
 
+from study.ui import SHARED_VIEW_TAG, VIEW_KEY, port_free
+
 pytestmark = pytest.mark.slow
+WAIT_S = 150  # mlflow ui starts in ~25 s on two busy cores
 
 
 def free_port() -> int:
@@ -24,41 +31,97 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.read()
 
 
-def test_ui_prints_the_runs_page_of_the_profiles_experiment(tmp_path):
+def alive(pid: int) -> bool:
+    """A process that still runs (a zombie waiting for its reaper has stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def lines_of(proc: subprocess.Popen) -> queue.Queue:
+    """The process's output lines, read by a thread, so a silent process cannot hang a test."""
+    lines: queue.Queue = queue.Queue()
+
+    def read():
+        for line in proc.stdout:
+            lines.put(line)
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def wait_for(lines: queue.Queue, pattern: str, seen: list[str]) -> re.Match:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    pytest.fail(f"no line matching {pattern!r} in {WAIT_S} s:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_ui_answers_at_the_printed_url_and_goes_down_with_its_server(tmp_path, stop_signal):
     port = free_port()
     cmd, env = study_command("ui", "--port", str(port))
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    started: set[int] = set()
     try:
-        lines = []  # MLflow logs its store creation first
-        while not any("starting:" in line for line in lines) and len(lines) < 50:
-            lines.append(proc.stdout.readline())
-        text = "".join(lines)
-        match = re.search(rf"http://127\.0\.0\.1:{port}/#/experiments/(\d+)/runs", text)
-        assert match, text
-        assert "optuna-dashboard sqlite:///artifacts/smoke/search/optuna.db" in text
+        seen: list[str] = []
+        lines = lines_of(proc)
+        match = wait_for(lines, rf"http://127\.0\.0\.1:{port}/#/experiments/(\d+)/runs"
+                         r"\?workflowType=machine_learning&viewStateShareKey=(\w+)", seen)
+        wait_for(lines, "optuna-dashboard sqlite:///artifacts/smoke/search/optuna.db", seen)
+        # Printed once the server answers: the first request succeeds, no retry.
+        status, page = get(f"http://127.0.0.1:{port}/")
+        assert status == 200 and b"<html" in page.lower()
         api = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get?experiment_id={match[1]}"
-        deadline, last = time.time() + 90, None
-        while time.time() < deadline:
-            assert proc.poll() is None, "mlflow ui exited"
-            try:
-                exp = get_json(api)["experiment"]
-                break
-            except OSError as exc:  # not listening yet
-                last = exc
-                time.sleep(1)
-        else:
-            pytest.fail(f"the UI did not answer in 90 s: {last}")
+        exp = json.loads(get(api)[1])["experiment"]
         assert exp["name"] == "kd-qa-smoke"
+        # The view the URL names holds the study's columns.
+        assert match[2] == VIEW_KEY
+        tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
+        columns = json.loads(tags[SHARED_VIEW_TAG + VIEW_KEY])["selectedColumns"]
+        for column in ("metrics.`tune_f1`", "metrics.`dev_f1`", "params.`temperature`",
+                       "params.`alpha_ce`", "params.`alpha_squad`"):
+            assert column in columns
+
+        started = descendants(proc.pid)
+        assert started, "mlflow ui runs as a child of study ui"
+        os.kill(proc.pid, stop_signal)  # study ui alone, as `kill PID` or Ctrl-C reaches it
+        proc.wait(timeout=60)
+        left = [pid for pid in started if alive(pid)]
+        assert left == [], f"processes left running: {left}"
+        assert port_free(port), f"port {port} still taken"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        for pid in [proc.pid, *started]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
