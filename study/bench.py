@@ -21,11 +21,12 @@ import numpy as np
 import optuna
 import transformers
 from scipy import stats
-from transformers import DataCollatorWithPadding, TrainerCallback
+from transformers import DataCollatorWithPadding
 
 from study import teacher as teacher_stage
 from study.teacher_logits import build_or_load
 from study.config import Config
+from study.errors import StudyError
 from study.data import build_train_features
 from study.files import read_json, write_json
 from study.layout import Layout, SearchDir
@@ -100,19 +101,6 @@ def update_bench(cfg: Config, section: dict) -> None:
     write_json(path, doc)
 
 
-class _StepCounter(TrainerCallback):
-    """The training steps each trial took before it ended or was pruned."""
-
-    def __init__(self):
-        self.last, self.per_trial = 0, {}
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.last = state.global_step
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.per_trial[trial.number], self.last = self.last, 0
-
-
 def _search_once(cfg: Config, pruner: str, n_configs: int, out_root: Path) -> dict:
     """One seeded search of `n_configs` configurations under `pruner`: each trial's curve
     (tune F1 per evaluation round), final value and training steps."""
@@ -125,29 +113,55 @@ def _search_once(cfg: Config, pruner: str, n_configs: int, out_root: Path) -> di
                                            n_startup_trials=cfg.search.n_startup_trials),
         pruner=search.make_pruner(pcfg), direction="maximize")
     design.initialise(study, pcfg)
-    tracker, counter = Tracker(pcfg), _StepCounter()
+    tracker = Tracker(pcfg)
     t0 = time.perf_counter()
     with tracker.run(study.study_name, "bench", params={"pruner": pruner,
                                                         "n_configs": n_configs}) as parent:
         objective = search.Objective(pcfg, tracker, parent.run_id, study.study_name,
-                                     folder=SearchDir(out_root / pruner), callbacks=[counter])
-        study.optimize(objective, n_trials=n_configs, catch=(Exception,), callbacks=[counter])
-    wall = time.perf_counter() - t0
-    best = study.best_trial
+                                     folder=SearchDir(out_root / pruner))
+        study.optimize(objective, n_trials=n_configs, catch=(Exception,))
+    return _arm(pruner, cfg, study.trials, time.perf_counter() - t0, "bench")
+
+
+def _arm(pruner: str, cfg: Config, trials: list, wall: float, source: str) -> dict:
+    from study.search import STEPS_ATTR
+
+    done = [t for t in trials if t.value is not None]
+    best = max(done, key=lambda t: t.value)
     return {"pruner": pruner, "pruner_warmup_rounds": cfg.search.pruner_warmup_rounds,
-            "configurations": len(study.trials),
-            "states": {s: sum(t.state.name == s for t in study.trials)
+            "source": source, "configurations": len(trials),
+            "states": {s: sum(t.state.name == s for t in trials)
                        for s in ("COMPLETE", "PRUNED", "FAIL")},
-            "training_steps": sum(counter.per_trial.values()), "wall_seconds": round(wall, 1),
+            "training_steps": sum(t.user_attrs.get(STEPS_ATTR, 0) for t in trials),
+            "wall_seconds": round(wall, 1),
             "best_trial": best.number, "best_tune_f1": best.value,
             "best_dev_f1": best.user_attrs.get("dev_f1"),
             "trials": [{"number": t.number, "state": t.state.name, "params": t.params,
-                        "tune_f1": t.value, "steps": counter.per_trial.get(t.number),
+                        "tune_f1": t.value, "steps": t.user_attrs.get(STEPS_ATTR),
                         "rounds": [t.intermediate_values[k]
                                    for k in sorted(t.intermediate_values)]}
-                       for t in study.trials],
+                       for t in trials],
             "environment": {**git_state(), "versions": package_versions(),
                             "device": device_name()}}
+
+
+def _arm_from_study(cfg: Config, n_configs: int) -> dict:
+    """The configured pruner's arm read from the search stage's own study instead of run
+    again: its first `n_configs` trials are exactly what an `n_configs` search with the same
+    seeded sampler and pruner trains (trial k's configuration depends only on trials < k, and
+    training is deterministic), so the main job's search measures its own pruner."""
+    from study import design, search
+
+    study = search.load_study(cfg)  # refuses a study of other fixed settings
+    recorded = study.user_attrs.get(design.SEARCH_ATTR)
+    if recorded != design.search_settings(cfg):
+        raise StudyError(f"study {study.study_name!r} was searched with {recorded}, not "
+                         f"{design.search_settings(cfg)}: run the arm instead (without --from-study)")
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:n_configs]
+    if len(trials) < n_configs or any(not t.state.is_finished() for t in trials):
+        raise StudyError(f"study {study.study_name!r} has fewer than {n_configs} finished trials")
+    wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    return _arm(cfg.search.pruner, cfg, trials, wall, f"study {study.study_name}")
 
 
 def rank_correlations(trials: list[dict]) -> list[dict]:
@@ -172,10 +186,13 @@ def _same_bench(section: dict, key: dict) -> bool:
     return all(section.get(k) == v for k, v in key.items())
 
 
-def pruning(cfg: Config, n_configs: int | None = None, pruners: list[str] | None = None) -> dict:
+def pruning(cfg: Config, n_configs: int | None = None, pruners: list[str] | None = None,
+            from_study: bool = False) -> dict:
     """Run the seeded search once per pruner in `pruners` (default: none and the configured
     one) and compare each pruned arm with the unpruned arm. Arms already in reports/bench.json
-    for the same settings are kept, so an arm can be added without re-running the others."""
+    for the same settings are kept, so an arm can be added without re-running the others.
+    `from_study`: the configured pruner's arm is the search stage's own study (its first
+    `n_configs` trials), not run again."""
     from study import design, search
 
     n_configs = n_configs or cfg.search.n_trials
@@ -188,6 +205,12 @@ def pruning(cfg: Config, n_configs: int | None = None, pruners: list[str] | None
     path = Layout.of(cfg).reports.bench
     old = (read_json(path, "benchmark file", "") if path.exists() else {}).get("pruning", {})
     arms = dict(old.get("arms", {})) if _same_bench(old, key) else {}
+    label = f"{cfg.search.pruner}@{cfg.search.pruner_warmup_rounds}"
+    if from_study:
+        arms[label] = _arm_from_study(cfg, n_configs)
+        pruners = []
+    section = _pruning_section(key, arms)
+    update_bench(cfg, {"pruning": section})
     with tempfile.TemporaryDirectory() as tmp:
         for name in pruners:
             label = name if name == "none" else f"{name}@{cfg.search.pruner_warmup_rounds}"
@@ -226,6 +249,41 @@ def _pruning_section(key: dict, arms: dict) -> dict:
                                and change >= -PRUNING_TARGET["best_tune_f1_within"])})
     return {**key, "arms": arms, "target": PRUNING_TARGET, "comparisons": comparisons,
             "rank_correlation": rank_correlations(off["trials"]) if off else []}
+
+
+# --------------------------------------------------------------------------- intervals
+INTERVAL_SCENARIOS = {
+    # The issue's scenario: seed SD 2 F1 and 334 questions, per-question differences spread
+    # like the study's own (question SD 15, residual SD 25).
+    "questions_matter": dict(sd_seed=2.0, sd_question=15.0, sd_residual=25.0),
+    # Seed variance dominant, where a resampling of few seeds is too narrow.
+    "seeds_dominate": dict(sd_seed=4.0, sd_question=5.0, sd_residual=10.0),
+}
+
+
+def intervals_bench(cfg: Config, studies: int = 500) -> dict:
+    """Each interval method on simulated studies (known components, known effect): how often
+    it excludes 0 with no true difference (target <= 7%) and with a true difference of twice
+    the seed SD, at 3 and 5 seeds and 334 questions, into reports/bench.json `intervals`."""
+    from study import intervals
+
+    rows = []
+    for scenario, sd in INTERVAL_SCENARIOS.items():
+        for seeds in (3, 5):
+            for method in intervals.METHODS:
+                for effect in (0.0, 2 * sd["sd_seed"]):
+                    r = intervals.simulate(method, studies=studies, seeds=seeds, effect=effect,
+                                           questions=334, rng_seed=seeds, bootstrap_samples=200,
+                                           **sd)
+                    rows.append({"scenario": scenario, **r})
+                    print(f"{scenario} {seeds} seeds {method} effect {effect}: excludes 0 in "
+                          f"{r['excludes_zero']:.1%}, covers in {r['coverage']:.1%}", flush=True)
+    doc = {"intervals": {"studies": studies, "level": intervals.LEVEL,
+                         "reported_method": "crossed_t", "target_excludes_zero_null_at_most": 0.07,
+                         "results": rows,
+                         "environment": {**git_state(), "versions": package_versions()}}}
+    update_bench(cfg, doc)
+    return doc
 
 
 # --------------------------------------------------------------------------- fixed cost

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pruners", default=None,
                    help="with --pruning: comma-separated arms to run (default: none and "
                         "search.pruner); arms already in reports/bench.json are kept")
+    b.add_argument("--intervals", action="store_true",
+                   help="instead: each interval method on simulated studies (false positives "
+                        "and power at 3 and 5 seeds)")
+    b.add_argument("--from-study", action="store_true",
+                   help="with --pruning: the configured pruner's arm is the search stage's own "
+                        "study (its first --n-configs trials), not run again")
     u = add("ui", "start the MLflow UI on the project's tracking store (127.0.0.1)")
     u.add_argument("--port", type=int, default=5000)
     r = add("run", "the main job: " + ", ".join(RUN_CHAIN))
@@ -117,7 +123,10 @@ def dispatch(args: argparse.Namespace) -> None:
         bench = _stage("bench")
         if args.pruning:
             bench.pruning(cfg, n_configs=args.n_configs,
-                          pruners=args.pruners.split(",") if args.pruners else None)
+                          pruners=args.pruners.split(",") if args.pruners else None,
+                          from_study=args.from_study)
+        elif args.intervals:
+            bench.intervals_bench(cfg)
         elif args.fixed_cost:
             bench.fixed_cost(cfg)
         else:

@@ -22,6 +22,7 @@ from study.errors import StudyError
 AUTHORS = {"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5}
 ARM_ATTR = "arm"
 FIXED_ATTR = "fixed_settings"
+SEARCH_ATTR = "search_settings"  # how the study's first session sampled and pruned
 # Sections that define what a trial trains on and how; `search`, `seeds`, `tracking` and
 # `runtime` say how the study is run, not what a trial is.
 FIXED_SECTIONS = ("seed", "data", "teacher", "student", "distill", "eval")
@@ -82,4 +83,12 @@ def initialise(study: optuna.Study, cfg: Config) -> bool:
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(authors_params(cfg), user_attrs={ARM_ATTR: "authors"})
     study.set_user_attr(FIXED_ATTR, fixed_settings(cfg))
+    study.set_user_attr(SEARCH_ATTR, search_settings(cfg))
     return True
+
+
+def search_settings(cfg: Config) -> dict[str, Any]:
+    """What decides which configurations a seeded search visits and where it stops them."""
+    s = cfg.search
+    return {"sampler_seed": s.sampler_seed, "n_startup_trials": s.n_startup_trials,
+            "pruner": s.pruner, "pruner_warmup_rounds": s.pruner_warmup_rounds}

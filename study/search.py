@@ -44,6 +44,7 @@ PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 WORKER_ATTR = "worker"  # host:pid of the worker running the trial
 RETRY_ATTR = "retry_of"  # number of the dead worker's trial this one re-runs
+STEPS_ATTR = "steps_trained"  # what a trial cost: `study bench --pruning` adds them up
 OBJECTIVE_NAME = "tune F1"
 
 
@@ -131,6 +132,7 @@ class PruningCallback(TrainerCallback):
         self.reports += 1
         self.trial.report(metrics["eval_f1"], step=self.reports)
         if self.trial.should_prune():
+            self.trial.set_user_attr(STEPS_ATTR, state.global_step)
             raise optuna.TrialPruned(f"pruned at evaluation {self.reports} "
                                      f"(tune F1 {metrics['eval_f1']:.2f})")
 
@@ -207,6 +209,7 @@ class Objective:
             for split in ("tune", "dev"):
                 for k, v in doc[split].items():
                     trial.set_user_attr(f"{split}_{k}", v)
+            trial.set_user_attr(STEPS_ATTR, doc["steps"])
             handle.set_tags({STATE_TAG: "COMPLETE"})
         return doc["tune"]["f1"]
 
