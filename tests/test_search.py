@@ -370,3 +370,20 @@ def test_pruning_bench_counts_the_steps_each_search_trained(ws):
     p2 = json.loads((ws / SMOKE.reports.bench).read_text())["pruning"]
     assert set(p2["arms"]) == {"none", "hyperband@1", "median@1"}
     assert p2["arms"]["none"] == off
+
+    # The configured pruner's arm read from a search stage's study is the arm the bench ran:
+    # the same configurations, curves and steps (seeded sampler, deterministic training).
+    same = ["--set", "search.pruner=hyperband", "--set", "search.pruner_warmup_rounds=1",
+            "--set", "search.study_name=from-study", "--set", "search.storage=sqlite:///fs.db"]
+    study_cli(ws, "search", "--n-trials", "3", *same)
+    study_cli(ws, "bench", "--pruning", "--from-study", "--n-configs", "3", *same)
+    read = json.loads((ws / SMOKE.reports.bench).read_text())["pruning"]["arms"]["hyperband@1"]
+    assert read["source"] == "study from-study"
+    for key in ("states", "training_steps", "best_tune_f1"):
+        assert read[key] == on[key], key
+    assert [(t["params"], t["rounds"], t["steps"]) for t in read["trials"]] == [
+        (t["params"], t["rounds"], t["steps"]) for t in on["trials"]]
+    # A study searched with another pruner is refused, not read as this one.
+    res = study_cli(ws, "bench", "--pruning", "--from-study", "--n-configs", "3", *same[4:],
+                    "--set", "search.pruner=median", check=False)
+    assert res.returncode == 2 and "was searched with" in res.stderr
