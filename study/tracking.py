@@ -286,21 +286,14 @@ class Tracker:
 
 
 class MlflowLogCallback(TrainerCallback):
-    """Forwards the Trainer's logs (loss, lr, eval EM/F1) and the CE/KD parts to one run."""
+    """Forwards the Trainer's logs (loss and its CE/KD parts, lr, eval EM/F1) to one run."""
 
-    def __init__(self, handle: RunHandle, trainer=None):
+    def __init__(self, handle: RunHandle):
         self.handle = handle
-        self.trainer = trainer
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # The Trainer's evaluations during training are on `tune` and named eval_*; logged
         # as tune_*, the step points and the final tune score share one chart.
         metrics = {("tune_" + k[len("eval_"):] if k.startswith("eval_") else k): v
                    for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        parts = getattr(self.trainer, "loss_parts", None)
-        if parts and "loss" in metrics:
-            for name, values in parts.items():
-                if values:
-                    metrics[f"loss_{name}"] = sum(values) / len(values)
-                    values.clear()
         self.handle.log_metrics(metrics, step=state.global_step)
