@@ -362,3 +362,11 @@ def test_cache_on_device_gathers_the_same_rows_as_the_memory_mapped_cache(
         for a, b in zip(cache.lookup(index, seq_len, "cpu"), resident.lookup(index, seq_len, "cpu")):
             assert a.dtype == b.dtype == torch.float32 and a.shape == (5, seq_len)
             assert torch.equal(a, b)
+
+
+def test_logits_made_in_reduced_precision_get_their_own_cache_key(distil_tokenizer):
+    from study.teacher_logits import cache_key
+
+    full = cache_key("w", distil_tokenizer, 128, 64, None, "windows")
+    assert cache_key("w", distil_tokenizer, 128, 64, None, "windows", "no") == full
+    assert cache_key("w", distil_tokenizer, 128, 64, None, "windows", "bf16") != full
