@@ -110,6 +110,31 @@ def dataset_inputs(cfg: Config, split_hashes: dict[str, str]) -> list:
             for split, digest in split_hashes.items()]
 
 
+# Seconds between samples of CPU, memory (and GPU) use: a few points a minute on runs that
+# last minutes. MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it (the tests sample faster).
+SYSTEM_METRICS_INTERVAL = 5.0
+
+
+@contextmanager
+def system_metrics(handle: RunHandle) -> Iterator[None]:
+    """MLflow's own system metrics (system/cpu_utilization_percentage, system/system_memory_*,
+    and system/gpu_* where a GPU and pynvml are present) sampled into the run while the block
+    runs, so the UI shows a starved GPU next to the loss. Stopped (and flushed) before the run
+    ends."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        monitor = SystemMetricsMonitor(handle.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL,
+                                       tracking_uri=handle.client.tracking_uri)
+    except ImportError:  # psutil missing: the run is still tracked, without these metrics
+        yield
+        return
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 class RunHandle:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
@@ -197,7 +222,7 @@ class Tracker:
         """A new run for the block; `on_end(handle, outcome)` runs just before it ends
         (a trial records its own state there). Exceptions pass through unchanged."""
         handle = self._start(name, role, **kwargs)
-        with self._owned(handle, on_end):
+        with self._owned(handle, on_end), system_metrics(handle):
             yield handle
 
     @contextmanager
