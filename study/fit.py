@@ -44,12 +44,13 @@ def load_splits(cfg: Config) -> tuple[dict[str, list[dict]], dict[str, str]]:
     return _SPLITS[memo]
 
 
-def data_windows(cfg: Config, tokenizer) -> tuple[dict[str, list[dict]], dict[str, str], Windows]:
-    """Splits, their hashes and their windows for `tokenizer`: the work that depends only on
-    the data version, done once (see study.windows)."""
+def data_windows(cfg: Config, tokenizer, names: Sequence[str] = SPLITS
+                 ) -> tuple[dict[str, list[dict]], dict[str, str], Windows]:
+    """Splits, their hashes and the windows of `names` for `tokenizer`: the work that depends
+    only on the data version, done once (see study.windows)."""
     splits, hashes = load_splits(cfg)
     return splits, hashes, load_windows(Layout.of(cfg).windows, splits, hashes, tokenizer,
-                                        cfg.data.max_length, cfg.data.doc_stride)
+                                        cfg.data.max_length, cfg.data.doc_stride, names)
 
 
 def device(cfg: Config) -> str:
@@ -127,7 +128,7 @@ def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, wind
                  teacher_dir: Path | None) -> tuple[QuestionAnsweringTrainer, float]:
     """The Trainer for one training, and the seconds spent on the teacher-logit cache."""
     collator = DataCollatorWithPadding(tokenizer)
-    args = training_arguments(cfg, spec, out_dir, len(windows.train), seed, has_eval=True,
+    args = training_arguments(cfg, spec, out_dir, n_train_windows(windows), seed, has_eval=True,
                               distilling=distill is not None)
     common = dict(model=model, args=args, train_dataset=windows.train,
                   eval_dataset=windows.tune, eval_examples=splits["tune"], data_collator=collator,
@@ -162,6 +163,10 @@ def score(cfg: Config, model, tokenizer, splits: dict[str, list[dict]], windows:
         predictions[name] = {qid: span.text for qid, span in spans.items()}
         scores[name] = squad_metrics(predictions[name], references(splits[name]))
     return scores, predictions
+
+
+def n_train_windows(windows: Windows) -> int:
+    return len(windows.train) if windows.train is not None else 0
 
 
 def _history(trainer) -> tuple[list[dict], list[dict]]:
@@ -200,7 +205,8 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
     folder = StageDir(out_dir)
     seed = cfg.seed if seed is None else seed
     started = time.time()
-    splits, _, windows = data_windows(cfg, tokenizer)
+    # A model that is only scored (a given teacher checkpoint) needs no train windows.
+    splits, _, windows = data_windows(cfg, tokenizer, SPLITS if train else ("tune", "dev"))
     trainer, cache_seconds = make_trainer(
         cfg, model=model, tokenizer=tokenizer, spec=spec, splits=splits, windows=windows,
         out_dir=out_dir, seed=seed, distill=distill, teacher=teacher, teacher_dir=teacher_dir)
@@ -217,7 +223,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
     doc = {
         "role": role, "profile": cfg.profile, "seed": seed,
         "tune": scores["tune"], "dev": scores["dev"], "curve": curve, "train_loss": losses,
-        "train_windows": len(windows.train), "steps": trainer.state.global_step,
+        "train_windows": n_train_windows(windows), "steps": trainer.state.global_step,
         "parameters": parameter_count(model), "train_seconds": round(train_seconds, 2),
         "teacher_cache_seconds": round(cache_seconds, 2),
         "wall_seconds": round(time.time() - started, 2),
