@@ -161,3 +161,12 @@ def test_teacher_before_prepare_says_run_prepare(tmp_path):
     proc = study(tmp_path, "teacher")
     assert_one_line_error(proc, "run `study prepare`")
     assert not (tmp_path / SMOKE.teacher.root).exists()
+
+
+def test_bench_gpu_without_a_gpu_says_it_needs_one(tmp_path):
+    """On a machine with no CUDA GPU (CUDA_VISIBLE_DEVICES empty hides any), one line, exit 2,
+    and reports/bench.json untouched."""
+    proc = study(tmp_path, "bench", "--gpu", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert_one_line_error(proc, "needs a CUDA GPU")
+    assert proc.returncode == 2
+    assert not (tmp_path / SMOKE.reports.bench).exists()
