@@ -121,6 +121,10 @@ def system_metrics(handle: RunHandle) -> Iterator[None]:
     and system/gpu_* where a GPU and pynvml are present) sampled into the run while the block
     runs, so the UI shows a starved GPU next to the loss. Stopped (and flushed) before the run
     ends."""
+    import logging
+
+    # Its start/stop lines at INFO would print twice around every run.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
         monitor = SystemMetricsMonitor(handle.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL,
