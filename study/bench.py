@@ -389,3 +389,274 @@ def fixed_cost(cfg: Config) -> dict:
     print(f"fixed cost per trial at SQuAD size: before {f['before_total_seconds']} s every trial "
           f"({f['before_seconds_every_trial']}); after {f['after_seconds']}")
     return doc
+
+
+# --------------------------------------------------------------------------- input pipeline
+def _random_cache(folder: Path, n: int, length: int, seed: int = 0):
+    """A teacher-logit cache of the right shape and dtype (float16) with random logits: the
+    pipeline's work does not depend on the values."""
+    import json
+
+    import numpy as np
+
+    from study.teacher_logits import TeacherLogitCache
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in ("start", "end"):
+        a = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype="float16",
+                                      shape=(n, length))
+        a[:] = rng.standard_normal((n, length)).astype("float16")
+        a.flush()
+    (folder / "meta.json").write_text(json.dumps({"windows": n, "max_length": length}))
+    return TeacherLogitCache(folder)
+
+
+def input_pipeline(cfg: Config, batches: int = 600, batch_size: int = 32, length: int = 384) -> dict:
+    """The training input pipeline with the model removed: the Trainer's own train dataloader
+    (sampler, collation, device placement) over the embedded questions' windows at `length`,
+    and the cached teacher logits looked up for every batch, as DistillationTrainer does."""
+    import torch
+
+    from study import data
+    from study.modeling import load_tokenizer
+
+    apply_runtime(cfg)
+    tokenizer = load_tokenizer("embedded", "distilbert")
+    feats = data.build_train_features(data.load_squad_file(data.EMBEDDED_DATA), tokenizer,
+                                      length, length // 3)
+    spec = cfg.student.train.replace(batch_size=batch_size, evals_per_epoch=0, max_steps=batches)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = _random_cache(Path(tmp) / "cache", len(feats), length)
+        args = training_arguments(cfg, spec, Path(tmp), len(feats), cfg.seed, has_eval=False,
+                                  distilling=True)
+        cache.place(args.device)
+        trainer = DistillationTrainer(model=_no_model(), args=args, train_dataset=feats,
+                                      data_collator=DataCollatorWithPadding(tokenizer),
+                                      processing_class=tokenizer, teacher_logits=cache)
+        shapes, done = [], 0
+        t0 = time.perf_counter()
+        while done < batches:
+            for batch in trainer.get_train_dataloader():
+                ids = batch["input_ids"]
+                trainer.teacher_logits.lookup(batch["feature_index"], ids.shape[1], ids.device)
+                shapes.append(ids.shape[1])
+                done += 1
+                if done == batches:
+                    break
+        if torch.cuda.is_available() and args.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    rate = batches / seconds
+    doc = {"input_pipeline": {
+        "what": "the Trainer's train dataloader + DataCollatorWithPadding + cached-logit lookup, "
+                "no model", "windows": len(feats), "batch_size": batch_size, "max_length": length,
+        "mean_padded_length": round(sum(shapes) / len(shapes), 1),
+        "full_length_batches": sum(s == length for s in shapes), "batches": batches,
+        "seconds": round(seconds, 3), "batches_per_second": round(rate, 1),
+        "target_batches_per_second": 480,
+        "dataloader_num_workers": args.dataloader_num_workers,
+        "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
+    }}
+    update_bench(cfg, doc)
+    print(f"input pipeline: {rate:.0f} batches/s of {batch_size} x <= {length} "
+          f"(mean length {doc['input_pipeline']['mean_padded_length']}); target 480")
+    return doc
+
+
+def _no_model():
+    """The smallest module the Trainer accepts: the input pipeline is timed without a model."""
+    import torch
+
+    return torch.nn.Linear(1, 1)
+
+
+# --------------------------------------------------------------------------- GPU
+def _paper_student():
+    from transformers import DistilBertConfig, DistilBertForQuestionAnswering
+    return DistilBertForQuestionAnswering(DistilBertConfig())  # distilbert-base's shape
+
+
+def _paper_teacher():
+    from transformers import BertConfig, BertForQuestionAnswering
+    return BertForQuestionAnswering(BertConfig())  # bert-base's shape
+
+
+def _bare_step_ms(batch_size: int, length: int, warm: int, steps: int, dtype) -> float:
+    """The hardware reference: forward, backward and AdamW of the student in a plain loop on
+    random tokens already on the GPU, under autocast; no Trainer, no data loading."""
+    import torch
+
+    torch.manual_seed(0)
+    model = _paper_student().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-5)
+    ids = torch.randint(1000, 30000, (batch_size, length), device="cuda")
+    mask = torch.ones_like(ids)
+    sp, ep = (torch.randint(0, length, (batch_size,), device="cuda") for _ in range(2))
+
+    def step():
+        with torch.autocast("cuda", dtype=dtype):
+            loss = model(input_ids=ids, attention_mask=mask, start_positions=sp, end_positions=ep).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warm):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps * 1000
+
+
+class _GpuBusy:
+    """The share of samples (every 100 ms) in which the GPU ran a kernel (NVML utilisation)."""
+
+    def __init__(self):
+        import threading
+
+        import torch
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        try:
+            torch.cuda.utilization()
+            self.available = True
+        except Exception:  # noqa: BLE001 - pynvml missing: the share is not measured
+            self.available = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import torch
+        while not self._stop.wait(0.1):
+            self.samples.append(torch.cuda.utilization())
+
+    def __enter__(self):
+        if self.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.available:
+            self._thread.join()
+
+    def share(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
+
+
+def _project_step_ms(cfg: Config, batch_size: int, length: int, warm: int, steps: int,
+                     tmp: Path) -> tuple[float, float | None]:
+    """The project's distillation step (DistillationTrainer, the project's TrainingArguments,
+    its collator and a cached-logit lookup) on in-memory random windows; ms per step after
+    `warm` steps, and the GPU-busy share over the timed steps."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from study.modeling import load_tokenizer
+
+    n = batch_size * (warm + steps)
+    rng = np.random.default_rng(0)
+    feats = Dataset.from_dict({
+        "input_ids": rng.integers(1000, 30000, (n, length)).tolist(),
+        "attention_mask": np.ones((n, length), dtype=int).tolist(),
+        "start_positions": rng.integers(0, length, n).tolist(),
+        "end_positions": rng.integers(0, length, n).tolist(),
+        "feature_index": list(range(n))})
+    cache = _random_cache(tmp / "gpu-cache", n, length)
+    spec = cfg.student.train.replace(batch_size=batch_size, evals_per_epoch=0,
+                                     max_steps=warm + steps)
+    args = training_arguments(cfg, spec, tmp, n, cfg.seed, has_eval=False, distilling=True)
+    cache.place(args.device)
+    busy = _GpuBusy()
+    marks: dict[int, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            if state.global_step in (warm, warm + steps):
+                torch.cuda.synchronize()
+                marks[state.global_step] = time.perf_counter()
+                if state.global_step == warm:
+                    busy.__enter__()
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer("embedded", "distilbert")
+    trainer = DistillationTrainer(model=_paper_student(), args=args, train_dataset=feats,
+                                  data_collator=DataCollatorWithPadding(tokenizer),
+                                  processing_class=tokenizer, teacher_logits=cache,
+                                  callbacks=[Clock()])
+    trainer.train()
+    busy.__exit__()
+    return (marks[warm + steps] - marks[warm]) / steps * 1000, busy.share()
+
+
+def _teacher_windows_per_second(cfg: Config, length: int, batches: int, tmp: Path) -> float:
+    """The teacher-logit pass as the project runs it (compute_logits, the run's precision) of
+    a bert-base-shaped teacher over random windows at the eval batch size."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+
+    from study.modeling import load_tokenizer
+    from study.teacher_logits import compute_logits
+
+    bs = cfg.eval.batch_size
+    n = bs * batches
+    rng = np.random.default_rng(1)
+    feats = Dataset.from_dict({"input_ids": rng.integers(1000, 30000, (n, length)).tolist(),
+                               "attention_mask": np.ones((n, length), dtype=int).tolist(),
+                               "token_type_ids": np.zeros((n, length), dtype=int).tolist()})
+    collator = DataCollatorWithPadding(load_tokenizer("embedded"))
+    teacher = _paper_teacher()
+    out = tmp / "teacher-pass"
+    out.mkdir()
+    warm = feats.select(range(bs * 2))
+    compute_logits(teacher, warm, collator, bs, "cuda", length, "float16", out,
+                   cfg.runtime.mixed_precision)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    compute_logits(teacher, feats, collator, bs, "cuda", length, "float16", out,
+                   cfg.runtime.mixed_precision)
+    torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def gpu(cfg: Config, steps: int | None = None, batch_size: int = 32, length: int = 384) -> dict:
+    """`study bench --gpu`: at the paper's shapes (DistilBERT-base student, BERT-base teacher,
+    32 x 384), the bare training loop against the project's step, the teacher pass and the
+    GPU-busy share, into the `gpu` section of reports/bench.json. Needs a CUDA GPU."""
+    import torch
+
+    from study.errors import StudyError
+    from study.modeling import precision
+
+    if not torch.cuda.is_available():
+        raise StudyError("--gpu needs a CUDA GPU, and this machine has none "
+                         "(`study bench --input-pipeline` runs on the CPU)")
+    apply_runtime(cfg)
+    steps = steps or 120
+    mode = precision(cfg.runtime.mixed_precision, "cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode, torch.float32)
+    bare = _bare_step_ms(batch_size, length, 10, steps, dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        project, busy = _project_step_ms(cfg, batch_size, length, 20, steps, Path(tmp))
+        teacher_rate = _teacher_windows_per_second(cfg, length, 40, Path(tmp))
+    doc = {"gpu": {
+        "shapes": {"batch_size": batch_size, "max_length": length, "student": "distilbert-base",
+                   "teacher": "bert-base", "precision": mode, "steps_timed": steps},
+        "bare_step_ms": round(bare, 2), "project_step_ms": round(project, 2),
+        "project_over_bare": round(project / bare, 3), "target_project_over_bare": 1.3,
+        "gpu_busy_share_training": busy, "target_gpu_busy_share": 0.8,
+        "teacher_windows_per_second": round(teacher_rate, 1),
+        "target_teacher_windows_per_second": 3500,
+        "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
+    }}
+    update_bench(cfg, doc)
+    g = doc["gpu"]
+    print(f"gpu: bare step {g['bare_step_ms']} ms, project step {g['project_step_ms']} ms "
+          f"(x{g['project_over_bare']}), GPU busy {busy}, teacher {g['teacher_windows_per_second']} "
+          "windows/s")
+    return doc

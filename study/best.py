@@ -148,7 +148,8 @@ def run(cfg: Config) -> dict:
     for role, folder in (("teacher", layout.teacher.model), ("baseline", layout.baseline.model),
                          ("distilled", layout.best.model)):
         qa = QuestionAnswerer.from_pretrained(str(folder), QASettings.from_config(cfg),
-                                              device=device(cfg))
+                                              device=device(cfg),
+                                              precision=cfg.runtime.mixed_precision)
         m = qa.model
         models[role] = (latency(qa, dev), parameter_count(m), m.config.model_type,
                         getattr(m.config, "num_hidden_layers", getattr(m.config, "n_layers", "?")))

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fixed-cost", action="store_true",
                    help="instead: per-trial fixed work (windows, teacher, cache key) at SQuAD's "
                         "size, before and after it was done once per data version")
+    b.add_argument("--input-pipeline", action="store_true",
+                   help="instead: the training dataloader, collation and cached-logit lookup at "
+                        "32 x 384 with no model (batches/s)")
+    b.add_argument("--gpu", action="store_true",
+                   help="instead (on a CUDA GPU): bare training loop vs the project's step, the "
+                        "teacher pass rate and the GPU-busy share")
     b.add_argument("--n-configs", type=int, default=None,
                    help="configurations per search with --pruning (default: search.n_trials)")
     b.add_argument("--pruners", default=None,
@@ -129,6 +135,10 @@ def dispatch(args: argparse.Namespace) -> None:
             bench.intervals_bench(cfg)
         elif args.fixed_cost:
             bench.fixed_cost(cfg)
+        elif args.input_pipeline:
+            bench.input_pipeline(cfg)
+        elif args.gpu:
+            bench.gpu(cfg, steps=args.steps)
         else:
             bench.run(cfg, steps=args.steps)
     elif cmd == "predict":

@@ -314,20 +314,23 @@ def to_dataset(records: list[dict]):
     return Dataset.from_list(records)
 
 
-def build_train_features(records: list[dict], tokenizer, max_length: int, stride: int):
+def build_train_features(records: list[dict], tokenizer, max_length: int, stride: int,
+                         num_proc: int | None = None):
+    """`num_proc` processes tokenise contiguous shards, joined in order: the same windows."""
     ds = to_dataset(records)
     feats = ds.map(train_features, batched=True, remove_columns=ds.column_names,
                    fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride),
-                   desc="train windows")
+                   num_proc=num_proc, desc="train windows")
     # feature_index lets the teacher-logit cache be looked up row by row.
     return feats.add_column("feature_index", list(range(len(feats))))
 
 
-def build_eval_features(records: list[dict], tokenizer, max_length: int, stride: int):
+def build_eval_features(records: list[dict], tokenizer, max_length: int, stride: int,
+                        num_proc: int | None = None):
     ds = to_dataset(records)
     return ds.map(eval_features, batched=True, remove_columns=ds.column_names,
                   fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride),
-                  desc="eval windows")
+                  num_proc=num_proc, desc="eval windows")
 
 
 def features_hash(features) -> str:

@@ -19,7 +19,7 @@ from study.data import SPLITS, read_split, references
 from study.files import read_json, write_json
 from study.layout import Layout, StageDir
 from study.metric import squad_metrics
-from study.modeling import parameter_count, save_model
+from study.modeling import parameter_count, precision, save_model
 from study.postprocess import postprocess_predictions
 from study.qa import QASettings, QuestionAnswerer
 from study.results import write_stage_metrics
@@ -44,12 +44,13 @@ def load_splits(cfg: Config) -> tuple[dict[str, list[dict]], dict[str, str]]:
     return _SPLITS[memo]
 
 
-def data_windows(cfg: Config, tokenizer) -> tuple[dict[str, list[dict]], dict[str, str], Windows]:
-    """Splits, their hashes and their windows for `tokenizer`: the work that depends only on
-    the data version, done once (see study.windows)."""
+def data_windows(cfg: Config, tokenizer, names: Sequence[str] = SPLITS
+                 ) -> tuple[dict[str, list[dict]], dict[str, str], Windows]:
+    """Splits, their hashes and the windows of `names` for `tokenizer`: the work that depends
+    only on the data version, done once (see study.windows)."""
     splits, hashes = load_splits(cfg)
     return splits, hashes, load_windows(Layout.of(cfg).windows, splits, hashes, tokenizer,
-                                        cfg.data.max_length, cfg.data.doc_stride)
+                                        cfg.data.max_length, cfg.data.doc_stride, names)
 
 
 def device(cfg: Config) -> str:
@@ -66,9 +67,7 @@ def apply_runtime(cfg: Config) -> None:
 def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: int,
                        seed: int, has_eval: bool, distilling: bool) -> TrainingArguments:
     dev = device(cfg)
-    mp = cfg.runtime.mixed_precision
-    if mp == "auto":
-        mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev == "cuda" else "no"
+    mp = precision(cfg.runtime.mixed_precision, dev)
     every = eval_steps(n_features, spec.batch_size, spec.evals_per_epoch)
     steps_per_epoch = math.ceil(n_features / spec.batch_size)
     kwargs: dict[str, Any] = dict(
@@ -81,6 +80,10 @@ def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: 
         eval_steps=every, logging_steps=max(1, min(every, steps_per_epoch // 4 or 1)),
         save_strategy="no", report_to="none", use_cpu=dev == "cpu",
         fp16=mp == "fp16", bf16=mp == "bf16", dataloader_num_workers=0,
+        # Its per-step NaN/inf check reads the loss off the device every step (a host
+        # synchronisation), only to hide a non-finite step from the logged loss; off, a
+        # diverged run shows in its loss. Finite losses log the same numbers either way.
+        logging_nan_inf_filter=False,
         # The distillation trainer needs feature_index and token_type_ids for the teacher.
         remove_unused_columns=not distilling, disable_tqdm=False,
     )
@@ -125,7 +128,7 @@ def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, wind
                  teacher_dir: Path | None) -> tuple[QuestionAnsweringTrainer, float]:
     """The Trainer for one training, and the seconds spent on the teacher-logit cache."""
     collator = DataCollatorWithPadding(tokenizer)
-    args = training_arguments(cfg, spec, out_dir, len(windows.train), seed, has_eval=True,
+    args = training_arguments(cfg, spec, out_dir, n_train_windows(windows), seed, has_eval=True,
                               distilling=distill is not None)
     common = dict(model=model, args=args, train_dataset=windows.train,
                   eval_dataset=windows.tune, eval_examples=splits["tune"], data_collator=collator,
@@ -139,7 +142,8 @@ def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, wind
                                root=Layout.of(cfg).teacher_cache, max_length=d.max_length,
                                doc_stride=d.doc_stride, batch_size=cfg.eval.batch_size,
                                device=args.device, dtype=distill.cache_dtype,
-                               features_key=windows.key)
+                               features_key=windows.key,
+                               precision=cfg.runtime.mixed_precision).place(args.device)
     live = teacher() if (logits is None and distill.alpha_ce > 0) else None
     trainer = DistillationTrainer(
         **common, teacher=live, teacher_logits=logits, temperature=distill.temperature,
@@ -151,13 +155,18 @@ def score(cfg: Config, model, tokenizer, splits: dict[str, list[dict]], windows:
           names: Sequence[str] = ("tune", "dev")) -> tuple[dict[str, dict], dict[str, dict]]:
     """EM/F1 and answers per split, from the predictor users get (study predict, the served
     model), on the windows already made for this data version."""
-    answerer = QuestionAnswerer(model, tokenizer, QASettings.from_config(cfg))
+    answerer = QuestionAnswerer(model, tokenizer, QASettings.from_config(cfg),
+                                precision=cfg.runtime.mixed_precision)
     scores, predictions = {}, {}
     for name in names:
         spans = answerer.answer_records(splits[name], features=windows.eval_columns(name))
         predictions[name] = {qid: span.text for qid, span in spans.items()}
         scores[name] = squad_metrics(predictions[name], references(splits[name]))
     return scores, predictions
+
+
+def n_train_windows(windows: Windows) -> int:
+    return len(windows.train) if windows.train is not None else 0
 
 
 def _history(trainer) -> tuple[list[dict], list[dict]]:
@@ -196,12 +205,13 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
     folder = StageDir(out_dir)
     seed = cfg.seed if seed is None else seed
     started = time.time()
-    splits, _, windows = data_windows(cfg, tokenizer)
+    # A model that is only scored (a given teacher checkpoint) needs no train windows.
+    splits, _, windows = data_windows(cfg, tokenizer, SPLITS if train else ("tune", "dev"))
     trainer, cache_seconds = make_trainer(
         cfg, model=model, tokenizer=tokenizer, spec=spec, splits=splits, windows=windows,
         out_dir=out_dir, seed=seed, distill=distill, teacher=teacher, teacher_dir=teacher_dir)
     if handle is not None:
-        trainer.add_callback(MlflowLogCallback(handle, trainer))
+        trainer.add_callback(MlflowLogCallback(handle))
     for cb in callbacks:
         trainer.add_callback(cb)
     t0 = time.time()
@@ -213,7 +223,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
     doc = {
         "role": role, "profile": cfg.profile, "seed": seed,
         "tune": scores["tune"], "dev": scores["dev"], "curve": curve, "train_loss": losses,
-        "train_windows": len(windows.train), "steps": trainer.state.global_step,
+        "train_windows": n_train_windows(windows), "steps": trainer.state.global_step,
         "parameters": parameter_count(model), "train_seconds": round(train_seconds, 2),
         "teacher_cache_seconds": round(cache_seconds, 2),
         "wall_seconds": round(time.time() - started, 2),

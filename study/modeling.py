@@ -98,6 +98,28 @@ def model_inputs(model, batch: dict) -> dict:
             ("input_ids", "attention_mask", "token_type_ids")}
 
 
+def precision(mode: str, device) -> str:
+    """The precision a run trains in (`runtime.mixed_precision`): `auto` is bf16 on a GPU that
+    has it, else fp16 on a GPU, and full precision ("no") on the CPU."""
+    if mode != "auto":
+        return mode
+    if torch.device(device).type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def inference_autocast(mode: str, device):
+    """Inference (teacher logits, scoring, `study predict`) in the precision the run trains in
+    on a GPU; on the CPU it stays float32, so CPU scores do not move."""
+    from contextlib import nullcontext
+
+    device = torch.device(device)
+    chosen = precision(mode, device)
+    if device.type != "cuda" or chosen == "no":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if chosen == "bf16" else torch.float16)
+
+
 def _copy_bert_layer_to_distilbert(src, dst) -> None:
     a = src.attention
     pairs = [

@@ -27,7 +27,8 @@ def load_answerer(cfg: Config, ref: str) -> QuestionAnswerer:
     """A model folder (settings from params), or an MLflow model URI (its logged settings)."""
     if ":/" not in ref:
         from study.fit import device
-        return QuestionAnswerer.from_pretrained(ref, QASettings.from_config(cfg), device(cfg))
+        return QuestionAnswerer.from_pretrained(ref, QASettings.from_config(cfg), device(cfg),
+                                                cfg.runtime.mixed_precision)
     import mlflow
     from mlflow.exceptions import MlflowException
 

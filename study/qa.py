@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from study.data import MODEL_INPUTS, eval_features
-from study.modeling import load_qa_model, load_tokenizer, model_inputs
+from study.modeling import inference_autocast, load_qa_model, load_tokenizer, model_inputs
 from study.postprocess import Span, best_spans
 
 
@@ -47,14 +47,17 @@ class QuestionAnswerer:
     model: Any
     tokenizer: Any
     settings: QASettings = field(default_factory=QASettings)
+    # runtime.mixed_precision: on a GPU the model answers in the precision runs train in
+    # (bf16 where the GPU has it); on the CPU in float32.
+    precision: str = "auto"
 
     @classmethod
     def from_pretrained(cls, path: str, settings: QASettings | None = None,
-                        device: str | None = None) -> QuestionAnswerer:
+                        device: str | None = None, precision: str = "auto") -> QuestionAnswerer:
         """A saved model folder (safetensors + tokenizer), on `device` (default: cuda if any)."""
         model = load_qa_model(str(path), require_head=True)
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model.eval(), load_tokenizer(str(path)), settings or QASettings())
+        return cls(model.eval(), load_tokenizer(str(path)), settings or QASettings(), precision)
 
     # ----------------------------------------------------------------- the three steps
     def windows(self, records: Sequence[dict]) -> dict[str, list]:
@@ -83,7 +86,8 @@ class QuestionAnswerer:
                       disable=not progress or n <= bs):
             rows = [{c: features[c][j] for c in cols} for j in range(i, min(i + bs, n))]
             batch = {k: v.to(device) for k, v in collate(rows).items()}
-            out = self.model(**model_inputs(self.model, batch))
+            with inference_autocast(self.precision, device):
+                out = self.model(**model_inputs(self.model, batch))
             length = out.start_logits.shape[1]
             starts[i:i + len(rows), :length] = out.start_logits.float().cpu().numpy()
             ends[i:i + len(rows), :length] = out.end_logits.float().cpu().numpy()

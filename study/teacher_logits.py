@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from study.data import features_hash
-from study.modeling import model_inputs
+from study.modeling import inference_autocast, model_inputs
+from study.modeling import precision as resolve_precision
 
 
 _WEIGHTS: dict[tuple, str] = {}
@@ -57,45 +58,97 @@ def _hash_files(files: list[Path]) -> str:
 
 
 def cache_key(weights: str, tokenizer, max_length: int, doc_stride: int, features,
-              features_key: str | None = None) -> str:
+              features_key: str | None = None, precision: str = "no") -> str:
     """`features_key` names the windows when the caller knows them (study.windows' key, a hash
-    of what made them) and saves hashing every window's ids."""
+    of what made them) and saves hashing every window's ids. Logits computed in reduced
+    precision (on a GPU) are other numbers: `precision` is part of the key then."""
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     parts = [weights, vocab, str(max_length), str(doc_stride),
              features_key or features_hash(features)]
+    if precision != "no":
+        parts.append(precision)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
 class TeacherLogitCache:
+    """The cached logits of one teacher on one set of windows, looked up by `feature_index`.
+
+    Rows are read from the memory-mapped files (the CPU path), or, after `place` on an
+    accelerator, from two tensors held on it (the whole cache, copied once: a lookup is an
+    index on the device, with no host copy and no synchronisation) or, when the cache does
+    not fit there, gathered on the host into pinned memory and copied without blocking."""
+
+    # The share of the accelerator's free memory the whole cache may take (117 MB in float16
+    # at SQuAD's size, well under this on any training GPU).
+    DEVICE_SHARE = 0.25
+
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.meta = json.loads((self.directory / "meta.json").read_text())
         self.start = np.load(self.directory / "start.npy", mmap_mode="r")
         self.end = np.load(self.directory / "end.npy", mmap_mode="r")
+        self.resident: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.pinned = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.start.nbytes + self.end.nbytes
+
+    def place(self, device) -> TeacherLogitCache:
+        """Where lookups for training on `device` come from: on the CPU the memory-mapped
+        files (unchanged), on an accelerator the whole cache on it when it fits, else pinned
+        host memory."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+        if self.nbytes <= self.DEVICE_SHARE * free:
+            return self.to_device(device)
+        self.pinned = True
+        return self
+
+    def to_device(self, device) -> TeacherLogitCache:
+        """The whole cache on `device`, in its stored dtype, copied once."""
+        self.resident = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device)
+                              for a in (self.start, self.end))
+        return self
 
     def lookup(self, feature_index: torch.Tensor, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.resident is not None:
+            start, end = self.resident
+            idx = feature_index.detach().to(start.device, non_blocking=True)
+            # float16 -> float32 is exact: the same numbers as the memory-mapped path.
+            return tuple(a.index_select(0, idx)[:, :seq_len].to(device, torch.float32)
+                         for a in (start, end))
         idx = feature_index.detach().cpu().numpy()
         # Fancy indexing on a memmap copies just these rows.
         s = torch.from_numpy(np.asarray(self.start[idx, :seq_len], dtype=np.float32))
         e = torch.from_numpy(np.asarray(self.end[idx, :seq_len], dtype=np.float32))
+        if self.pinned:
+            return s.pin_memory().to(device, non_blocking=True), e.pin_memory().to(device, non_blocking=True)
         return s.to(device), e.to(device)
 
 
 @torch.no_grad()
 def compute_logits(teacher, features, collator, batch_size: int, device, max_length: int,
-                   dtype: str, out_dir: Path) -> None:
+                   dtype: str, out_dir: Path, precision: str = "no") -> None:
+    """The teacher's logits on every window, in the precision the run trains in on a GPU
+    (`precision`: runtime.mixed_precision), float32 on the CPU."""
     from torch.utils.data import DataLoader
 
     n = len(features)
     start = np.lib.format.open_memmap(out_dir / "start.npy", mode="w+", dtype=dtype, shape=(n, max_length))
     end = np.lib.format.open_memmap(out_dir / "end.npy", mode="w+", dtype=dtype, shape=(n, max_length))
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
-    loader = DataLoader(features.select_columns(cols), batch_size=batch_size, collate_fn=collator)
+    on_gpu = torch.device(device).type == "cuda"
+    loader = DataLoader(features.select_columns(cols), batch_size=batch_size, collate_fn=collator,
+                        pin_memory=on_gpu)
     teacher = teacher.to(device).eval()
     row = 0
     for batch in tqdm(loader, desc="teacher logits", leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = teacher(**model_inputs(teacher, batch))
+        batch = {k: v.to(device, non_blocking=on_gpu) for k, v in batch.items()}
+        with inference_autocast(precision, device):
+            out = teacher(**model_inputs(teacher, batch))
         b, length = batch["input_ids"].shape
         mask = batch["attention_mask"].bool()
         s = out.start_logits.float().masked_fill(~mask, 0).cpu().numpy()
@@ -111,10 +164,14 @@ def compute_logits(teacher, features, collator, batch_size: int, device, max_len
 
 def build_or_load(teacher, teacher_dir: Path | None, tokenizer, features, collator, *, root: Path,
                   max_length: int, doc_stride: int, batch_size: int, device,
-                  dtype: str = "float16", features_key: str | None = None) -> TeacherLogitCache:
-    """`teacher`: the model, or a zero-argument function loading it (called on a miss only)."""
+                  dtype: str = "float16", features_key: str | None = None,
+                  precision: str = "no") -> TeacherLogitCache:
+    """`teacher`: the model, or a zero-argument function loading it (called on a miss only).
+    `precision`: runtime.mixed_precision; only on a GPU does it change the logits."""
+    on_gpu = torch.device(device).type == "cuda"
+    precision = resolve_precision(precision, device) if on_gpu else "no"
     key = cache_key(weights_hash(teacher_dir, teacher), tokenizer, max_length, doc_stride,
-                    features, features_key)
+                    features, features_key, precision)
     directory = Path(root) / f"{key}-{dtype}"
     if (directory / "meta.json").exists():
         return TeacherLogitCache(directory)
@@ -123,7 +180,8 @@ def build_or_load(teacher, teacher_dir: Path | None, tokenizer, features, collat
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
-        compute_logits(_materialise(teacher), features, collator, batch_size, device, max_length, dtype, tmp)
+        compute_logits(_materialise(teacher), features, collator, batch_size, device, max_length,
+                       dtype, tmp, precision)
         (tmp / "meta.json").write_text(json.dumps({
             "key": key, "windows": len(features), "max_length": max_length,
             "doc_stride": doc_stride, "dtype": dtype,

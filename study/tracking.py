@@ -156,6 +156,35 @@ def repoint_artifacts(store: str, old: str, new: str | None) -> int:
     return changed
 
 
+# Seconds between samples of CPU, memory (and GPU) use: a few points a minute on runs that
+# last minutes. MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it (the tests sample faster).
+SYSTEM_METRICS_INTERVAL = 5.0
+
+
+@contextmanager
+def system_metrics(handle: RunHandle) -> Iterator[None]:
+    """MLflow's own system metrics (system/cpu_utilization_percentage, system/system_memory_*,
+    and system/gpu_* where a GPU and pynvml are present) sampled into the run while the block
+    runs, so the UI shows a starved GPU next to the loss. Stopped (and flushed) before the run
+    ends."""
+    import logging
+
+    # Its start/stop lines at INFO would print twice around every run.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        monitor = SystemMetricsMonitor(handle.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL,
+                                       tracking_uri=handle.client.tracking_uri)
+    except ImportError:  # psutil missing: the run is still tracked, without these metrics
+        yield
+        return
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 class RunHandle:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
@@ -255,7 +284,7 @@ class Tracker:
         """A new run for the block; `on_end(handle, outcome)` runs just before it ends
         (a trial records its own state there). Exceptions pass through unchanged."""
         handle = self._start(name, role, **kwargs)
-        with self._owned(handle, on_end):
+        with self._owned(handle, on_end), system_metrics(handle):
             yield handle
 
     @contextmanager
@@ -349,21 +378,14 @@ class Tracker:
 
 
 class MlflowLogCallback(TrainerCallback):
-    """Forwards the Trainer's logs (loss, lr, eval EM/F1) and the CE/KD parts to one run."""
+    """Forwards the Trainer's logs (loss and its CE/KD parts, lr, eval EM/F1) to one run."""
 
-    def __init__(self, handle: RunHandle, trainer=None):
+    def __init__(self, handle: RunHandle):
         self.handle = handle
-        self.trainer = trainer
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # The Trainer's evaluations during training are on `tune` and named eval_*; logged
         # as tune_*, the step points and the final tune score share one chart.
         metrics = {("tune_" + k[len("eval_"):] if k.startswith("eval_") else k): v
                    for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        parts = getattr(self.trainer, "loss_parts", None)
-        if parts and "loss" in metrics:
-            for name, values in parts.items():
-                if values:
-                    metrics[f"loss_{name}"] = sum(values) / len(values)
-                    values.clear()
         self.handle.log_metrics(metrics, step=state.global_step)

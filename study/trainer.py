@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import Trainer
@@ -93,7 +93,9 @@ class DistillationTrainer(QuestionAnsweringTrainer):
         # The loss below is a batch mean, so the Trainer must scale it for gradient
         # accumulation itself rather than expect a sum over num_items_in_batch.
         self.model_accepts_loss_kwargs = False
-        self.loss_parts: dict[str, list[float]] = {"ce": [], "kd": []}
+        # The CE and KD parts of the loss, summed on the device between logging steps and
+        # read (one host synchronisation) only when the Trainer logs, as it does its own loss.
+        self.loss_parts = LossParts(("ce", "kd"))
 
     def _teacher_outputs(self, inputs: dict, seq_len: int, feature_index):
         if self.teacher_logits is not None:
@@ -117,9 +119,42 @@ class DistillationTrainer(QuestionAnsweringTrainer):
             t_start, t_end, temperature=self.temperature, alpha_ce=self.alpha_ce,
             alpha_squad=self.alpha_squad, attention_mask=inputs.get("attention_mask"))
         if model.training:
-            self.loss_parts["ce"].append(float(parts.ce))
-            self.loss_parts["kd"].append(float(parts.kd))
+            self.loss_parts.add(ce=parts.ce, kd=parts.kd)
         return (parts.loss, outputs) if return_outputs else parts.loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # A training log (it carries the loss) also carries the parts' means since the last.
+        if "loss" in logs:
+            logs.update({f"loss_{name}": v for name, v in self.loss_parts.means().items()})
+        super().log(logs, *args, **kwargs)
+
+
+class LossParts:
+    """Named loss parts summed on their device, step after step, with no host synchronisation;
+    `means()` reads them (the one synchronisation) and starts a new interval.
+
+    The sums are float64, added in step order: the same numbers as summing each step's value
+    read as a Python float, as the trainer did when it read them every step."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = tuple(names)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, **parts: torch.Tensor) -> None:
+        for name in self.names:
+            value = parts[name].detach()
+            # float64 where the device has it (MPS has not).
+            value = value.to(torch.float32 if value.device.type == "mps" else torch.float64)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        out = {name: self.sums[name].item() / self.count for name in self.names}
+        self.sums, self.count = {}, 0
+        return out
 
 
 def eval_steps(n_features: int, batch_size: int, evals_per_epoch: int) -> int:

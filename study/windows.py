@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import shutil
 import uuid
@@ -25,16 +26,21 @@ _CODE = hashlib.sha256("".join(inspect.getsource(f) for f in (
     data._tokenize, data.train_features, data.eval_features, data.build_train_features,
     data.build_eval_features)).encode()).hexdigest()
 
-_MEMO: dict[tuple[str, str], Windows] = {}
+_MEMO: dict[tuple[str, str], dict[str, Any]] = {}
+SPLITS = ("train", "tune", "dev")
+# Questions per tokenising process: below this, starting processes costs more than it saves
+# (the embedded default's 1,190 questions are tokenised in this process, as before).
+QUESTIONS_PER_PROCESS = 10_000
 
 
 @dataclass(frozen=True)
 class Windows:
-    """The three splits' windows: train with labels and feature_index, tune/dev with offsets."""
+    """The splits' windows: train with labels and feature_index, tune/dev with offsets; a
+    split that was not asked for (a teacher that is only scored needs no train windows) is None."""
     key: str
-    train: Any  # datasets.Dataset
-    tune: Any
-    dev: Any
+    train: Any = None  # datasets.Dataset
+    tune: Any = None
+    dev: Any = None
 
     def eval_columns(self, split: str) -> dict[str, list]:
         """A tune/dev split as plain columns, the form the predictor answers from."""
@@ -44,35 +50,44 @@ class Windows:
 def tokenizer_fingerprint(tokenizer) -> str:
     """Everything that decides token ids: the fast tokenizer's full pipeline, or its vocab."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # Without the truncation/padding the last call left on it: tokenising sets them, and
+        # a tokenizer that has already cut windows must name the same windows.
+        state = {k: v for k, v in json.loads(backend.to_str()).items()
+                 if k not in ("truncation", "padding")}
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = repr(sorted(tokenizer.get_vocab().items()))
     extra = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.model_input_names}"
     return hashlib.sha256((text + extra).encode()).hexdigest()
 
 
 def windows_key(split_hashes: dict[str, str], tokenizer, max_length: int, doc_stride: int) -> str:
+    """Not keyed by the number of tokenising processes: they make the same windows."""
     parts = [*(f"{k}={split_hashes[k]}" for k in sorted(split_hashes)),
              tokenizer_fingerprint(tokenizer), str(max_length), str(doc_stride), _CODE]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
-def _build(splits: dict[str, list[dict]], tokenizer, max_length: int, doc_stride: int) -> dict:
-    return {"train": data.build_train_features(splits["train"], tokenizer, max_length, doc_stride),
-            **{name: data.build_eval_features(splits[name], tokenizer, max_length, doc_stride)
-               for name in ("tune", "dev")}}
+def tokenising_processes(n_questions: int) -> int | None:
+    """The cores this process may use, one per QUESTIONS_PER_PROCESS questions; None: one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = min(cores or 1, n_questions // QUESTIONS_PER_PROCESS)
+    return n if n > 1 else None
 
 
-def _load(directory: Path) -> dict:
-    from datasets import load_from_disk
-    return {name: load_from_disk(str(directory / name)) for name in ("train", "tune", "dev")}
+def _build(name: str, records: list[dict], tokenizer, max_length: int, doc_stride: int,
+           num_proc: int | None):
+    build = data.build_train_features if name == "train" else data.build_eval_features
+    return build(records, tokenizer, max_length, doc_stride, num_proc=num_proc)
 
 
-def _save(built: dict, directory: Path) -> None:
+def _save(ds, directory: Path) -> None:
     """Written complete into a private folder, then renamed: a killed run leaves no half
     windows, and two workers making the same windows at once both end with one copy."""
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        for name, ds in built.items():
-            ds.save_to_disk(str(tmp / name))
+        ds.save_to_disk(str(tmp))
         try:
             tmp.rename(directory)
         except OSError:
@@ -83,24 +98,31 @@ def _save(built: dict, directory: Path) -> None:
 
 
 def load_windows(root: Path | None, splits: dict[str, list[dict]], split_hashes: dict[str, str],
-                 tokenizer, max_length: int, doc_stride: int) -> Windows:
-    """The windows of this data version: from memory, else from disk under `root`, else
-    tokenised now (and saved under `root` when given)."""
+                 tokenizer, max_length: int, doc_stride: int, names=SPLITS,
+                 num_proc: int | None = None) -> Windows:
+    """The windows of this data version, for the splits `names`: from memory, else from disk
+    under `root`, else tokenised now (by `num_proc` processes, default: as many as the
+    split's size and the cores allow) and saved under `root` when given."""
+    from datasets import load_from_disk
+
     key = windows_key(split_hashes, tokenizer, max_length, doc_stride)
-    memo = (str(root), key)
-    if memo in _MEMO:
-        return _MEMO[memo]
+    held = _MEMO.setdefault((str(root), key), {})
     directory = Path(root) / key if root is not None else None
-    if directory is not None and directory.exists():
-        built = _load(directory)
-    else:
-        built = _build(splits, tokenizer, max_length, doc_stride)
-        if directory is not None:
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            _save(built, directory)
-            built = _load(directory)  # memory-mapped, as every later process sees them
-    _MEMO[memo] = Windows(key=key, **built)
-    return _MEMO[memo]
+    for name in names:
+        if name in held:
+            continue
+        folder = directory / name if directory is not None else None
+        if folder is None or not folder.exists():
+            records = splits[name]
+            built = _build(name, records, tokenizer, max_length, doc_stride,
+                           num_proc or tokenising_processes(len(records)))
+            if folder is None:
+                held[name] = built
+                continue
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _save(built, folder)
+        held[name] = load_from_disk(str(folder))  # memory-mapped, as every later process sees them
+    return Windows(key=key, **{name: held[name] for name in names})
 
 
 def forget() -> None:

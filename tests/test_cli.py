@@ -163,6 +163,15 @@ def test_teacher_before_prepare_says_run_prepare(tmp_path):
     assert not (tmp_path / SMOKE.teacher.root).exists()
 
 
+def test_bench_gpu_without_a_gpu_says_it_needs_one(tmp_path):
+    """On a machine with no CUDA GPU (CUDA_VISIBLE_DEVICES empty hides any), one line, exit 2,
+    and reports/bench.json untouched."""
+    proc = study(tmp_path, "bench", "--gpu", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert_one_line_error(proc, "needs a CUDA GPU")
+    assert proc.returncode == 2
+    assert not (tmp_path / SMOKE.reports.bench).exists()
+
+
 def test_seeds_add_trains_only_the_new_seeds_and_pools_them(full_run):
     # Last in this module: it adds a seed to the main job's result.
     before = json.loads((full_run / SMOKE.reports.seeds).read_text())

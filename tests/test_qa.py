@@ -113,3 +113,18 @@ def test_no_valid_span_gives_an_empty_answer(distil_tokenizer):
     qa = QuestionAnswerer(KeywordQA(-1, -1), distil_tokenizer, SETTINGS)
     span = qa("Anything?", "")
     assert span.text == "" and span.start == span.end == 0
+
+
+def test_cpu_inference_stays_float32_whatever_the_run_trains_in(records, tokenizer):
+    """Autocast follows runtime.mixed_precision on a GPU only: on the CPU the logits (and so
+    EM/F1) are float32's, for every setting."""
+    from study.modeling import inference_autocast, precision
+
+    assert precision("auto", "cpu") == "no" and precision("bf16", "cpu") == "bf16"
+    assert isinstance(inference_autocast("bf16", "cpu"), type(inference_autocast("no", "cpu")))
+    model = make_tiny_bert_qa(len(tokenizer), seed=5).eval()
+    qa = {p: QuestionAnswerer(model, tokenizer, SETTINGS, precision=p) for p in ("no", "bf16", "auto")}
+    feats = qa["no"].windows(records)
+    starts = {p: a.window_logits(feats)[0] for p, a in qa.items()}
+    assert starts["no"].dtype == "float32"
+    assert (starts["no"] == starts["bf16"]).all() and (starts["no"] == starts["auto"]).all()

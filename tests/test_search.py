@@ -80,6 +80,7 @@ class FailSecondTrial(TrainerCallback):
 def test_trials_are_nested_runs_with_params_metrics_tags_artifacts(ws, monkeypatch):
     # In-process, so the fault comes in through the objective's callbacks.
     monkeypatch.chdir(ws)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # trials last seconds
     cfg = load_config(REPO_ROOT / "params.yaml", "smoke")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -142,7 +143,7 @@ def test_trials_are_nested_runs_with_params_metrics_tags_artifacts(ws, monkeypat
         assert len(history) >= (2 if state == "COMPLETE" else 1)
         inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
         assert inputs == {s: run.data.tags[f"data.{s}_sha256"][:16] for s in ("train", "tune", "dev")}
-        for key in ("loss", "loss_ce", "loss_kd"):
+        for key in ("loss", "loss_ce", "loss_kd", "system/cpu_utilization_percentage"):
             assert c.get_metric_history(run.info.run_id, key), key
         artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
         assert "config.json" in artifacts

@@ -51,6 +51,23 @@ def test_a_block_that_returns_finishes_its_run(tracker):
     assert not {"failure_reason", "optuna_state", "prune_reason"} & set(tags)
 
 
+def test_a_run_samples_mlflows_system_metrics_while_it_runs(tracker, monkeypatch):
+    """CPU and memory use land in every run (GPU use too where there is one), so the UI
+    shows a starved GPU; sampled until the block ends, then the run ends."""
+    import time
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    with tracker.run("busy", "baseline") as handle:
+        end = time.time() + 1.5
+        while time.time() < end:
+            sum(i * i for i in range(10_000))
+    status, _ = ended(tracker, handle.run_id)
+    assert status == "FINISHED"
+    history = tracker.client.get_metric_history(handle.run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 2
+    assert tracker.client.get_metric_history(handle.run_id, "system/system_memory_usage_megabytes")
+
+
 def test_a_pruned_trial_finishes_tagged_pruned(tracker):
     pruned = optuna.TrialPruned("pruned at evaluation 2 (tune F1 3.00)")
     with pytest.raises(optuna.TrialPruned) as caught, tracker.run("trial-1", "trial") as handle:

@@ -51,7 +51,7 @@ def test_second_use_in_a_process_and_a_new_process_do_not_tokenise(tmp_path, spl
                                                                     monkeypatch):
     first = windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE)
     _no_tokenising(monkeypatch)
-    assert windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE) is first
+    assert windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE) == first
     windows.forget()  # what a second worker or a resumed study sees: only the disk
     again = windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE)
     assert again is not first and again.key == first.key
@@ -59,8 +59,38 @@ def test_second_use_in_a_process_and_a_new_process_do_not_tokenise(tmp_path, spl
     assert [p.name for p in tmp_path.iterdir()] == [first.key]  # no scratch folder left
 
 
+def test_only_the_splits_asked_for_are_tokenised(tmp_path, splits, tokenizer, monkeypatch):
+    """`study teacher` with a given checkpoint scores tune and dev: no train windows."""
+    made = []
+    real = data.build_train_features
+    monkeypatch.setattr(data, "build_train_features", lambda *a, **k: made.append(1) or real(*a, **k))
+    w = windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE, ("tune", "dev"))
+    assert w.train is None and w.tune is not None and w.dev is not None and not made
+    assert sorted(p.name for p in (tmp_path / w.key).iterdir()) == ["dev", "tune"]
+    later = windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE)
+    assert made == [1] and later.key == w.key and later.train is not None
+    assert later.tune is w.tune  # what was loaded stays
+
+
+def test_tokenising_processes_make_the_same_windows_under_the_same_key(tmp_path, splits,
+                                                                        tokenizer):
+    one = windows.load_windows(tmp_path / "1", splits, HASHES, tokenizer, MAX_LEN, STRIDE,
+                               num_proc=1)
+    windows.forget()
+    two = windows.load_windows(tmp_path / "2", splits, HASHES, tokenizer, MAX_LEN, STRIDE,
+                               num_proc=2)
+    assert one.key == two.key
+    for name in ("train", "tune", "dev"):
+        assert getattr(one, name).to_dict() == getattr(two, name).to_dict(), name
+    assert windows.tokenising_processes(1_190) is None  # the embedded data: this process
+
+
 def test_key_follows_everything_that_changes_windows(splits, tokenizer, distil_tokenizer):
+    from study.modeling import load_tokenizer
+
     key = windows.windows_key(HASHES, tokenizer, MAX_LEN, STRIDE)
+    # A fresh tokenizer names the same windows as one that has already tokenised.
+    assert key == windows.windows_key(HASHES, load_tokenizer("embedded"), MAX_LEN, STRIDE)
     assert key == windows.windows_key(dict(HASHES), tokenizer, MAX_LEN, STRIDE)
     others = {
         windows.windows_key({**HASHES, "dev": "d" * 64}, tokenizer, MAX_LEN, STRIDE),
