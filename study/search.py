@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,43 @@ class NanGuard(TrainerCallback):
             raise FloatingPointError(f"training loss became {loss} at step {state.global_step}")
 
 
+class Interrupt(TrainerCallback):
+    """Ctrl-C, taken where the worker can stop cleanly.
+
+    Python's own handler raises KeyboardInterrupt wherever the main thread happens to be,
+    and some places swallow it: a finalizer (`__del__`, a weakref callback) run by the
+    garbage collector prints "Exception ignored" and carries on, so a worker interrupted
+    there finished its trials and exited 0. Here the handler only records the signal, and
+    the worker raises KeyboardInterrupt itself at the next training step or evaluation
+    batch, as a trial's training ends, or between trials. A second Ctrl-C is Python's own,
+    immediate one.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def _record(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread receives signals
+            return
+        previous = signal.signal(signal.SIGINT, self._record)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def check(self, *args, **kwargs) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_step_end = on_substep_end = on_prediction_step = on_evaluate = check
+
+
 # --------------------------------------------------------------------------- objective
 def suggest(cfg: Config, trial: optuna.Trial) -> dict[str, float]:
     s = cfg.search
@@ -170,8 +209,10 @@ def trial_config(cfg: Config, params: dict[str, float]) -> Config:
 
 class Objective:
     def __init__(self, cfg: Config, tracker: Tracker, parent_run_id: str, study_name: str,
-                 folder: SearchDir | None = None, callbacks: Sequence[TrainerCallback] = ()):
+                 folder: SearchDir | None = None, callbacks: Sequence[TrainerCallback] = (),
+                 interrupt: Interrupt | None = None):
         self.cfg, self.tracker = cfg, tracker
+        self.interrupt = interrupt or Interrupt()
         self.parent_run_id, self.study_name = parent_run_id, study_name
         self.folder = folder or Layout.of(cfg).search  # where the trials keep their weights
         self.callbacks = tuple(callbacks)  # more Trainer callbacks for every trial
@@ -202,11 +243,15 @@ class Objective:
             handle.log_dict(tcfg.to_dict(), "config.json")
             doc = distill_student(
                 tcfg, out, cfg.seed, handle, role="trial",
-                callbacks=[PruningCallback(trial), NanGuard(), *self.callbacks],
+                # Interrupt first: a Ctrl-C at an evaluation stops the trial before the
+                # pruner can.
+                callbacks=[self.interrupt, PruningCallback(trial), NanGuard(), *self.callbacks],
                 save=cfg.search.keep_weights).doc
             for split in ("tune", "dev"):
                 for k, v in doc[split].items():
                     trial.set_user_attr(f"{split}_{k}", v)
+            # A Ctrl-C that came before the scores were recorded fails this trial.
+            self.interrupt.check()
             handle.set_tags({STATE_TAG: "COMPLETE"})
         return doc["tune"]["f1"]
 
@@ -335,6 +380,7 @@ def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: Run
               f"tune F1={trial.value if trial.value is not None else '-'}", flush=True)
         if cfg.search.keep_weights:
             prune_weights(study, cfg)
+        objective.interrupt.check()  # no new trial after a Ctrl-C
 
     started = time.time()
     try:
@@ -356,6 +402,14 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
         storage: str | None = None, study_name: str | None = None,
         callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """Add trials to the study; `callbacks` are Trainer callbacks given to every trial."""
+    interrupt = Interrupt()
+    with interrupt.installed():
+        return _run(cfg, interrupt, n_trials, timeout, storage, study_name, callbacks)
+
+
+def _run(cfg: Config, interrupt: Interrupt, n_trials: int | None, timeout: float | None,
+         storage: str | None, study_name: str | None,
+         callbacks: Sequence[TrainerCallback]) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(cfg)
     url = resolve_url(storage or cfg.storage_url)
@@ -365,7 +419,9 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     closed = close_stale(study, tracker)
     if closed:
         print(f"closed {closed} MLflow run(s) left RUNNING by a dead worker")
-    objective = Objective(cfg, tracker, "", study.study_name, callbacks=callbacks)
+    objective = Objective(cfg, tracker, "", study.study_name, callbacks=callbacks,
+                          interrupt=interrupt)
+    interrupt.check()  # a Ctrl-C while the study was opened
     with ExitStack() as stack:
         # Workers starting together: one gives a new study its first trial (the authors'
         # setting) and its parent run; the others find both.

@@ -204,10 +204,13 @@ def test_two_concurrent_workers_share_one_study(ws):
 
 def running_after_one_done(ws: Path, name: str, proc, timeout: float = 300) -> int | None:
     """Freeze the worker (SIGSTOP) while the study has a finished trial and a running one that
-    has its MLflow run; return that trial's number. The caller signals, then SIGCONTs it.
+    has its MLflow run and no recorded score yet; return that trial's number. The caller
+    signals, then SIGCONTs it.
 
-    The trial is re-read after the freeze: one that ended meanwhile (a quick pruned trial)
-    is let go and the next one waited for, so the signal always lands inside a trial."""
+    The trial is re-read after the freeze: one that ended or recorded its scores meanwhile
+    is let go and the next one waited for. A frozen trial without its `tune_f1` attr has not
+    reached the worker's last Ctrl-C check (search.Objective), so the signal lands inside
+    that trial whatever the scheduler does next."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
@@ -229,7 +232,8 @@ def _running_with_run(ws: Path, name: str) -> int | None:
     except Exception:  # noqa: BLE001 - study not created yet
         return None
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    running = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+    running = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs
+               and "tune_f1" not in t.user_attrs]
     return running[0].number if done and running else None
 
 
