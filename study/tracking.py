@@ -36,6 +36,14 @@ PRUNE_TAG = "prune_reason"
 FAILURE_TAG = "failure_reason"
 
 
+class RunAbandoned(BaseException):
+    """Raised through a run's block when the process must stop without ending the run: the
+    store that would record how it ended is gone. The run stays RUNNING; the process that
+    finds its trial dead closes it (heartbeats: search.DeadWorkerTrial, search.close_stale).
+    A BaseException, so that Optuna neither records it as the trial's failure nor tries to
+    (the trial stays RUNNING for the heartbeats too)."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended: its MLflow status, why, and whether Optuna pruned it."""
@@ -228,6 +236,8 @@ class Tracker:
                on_end: Callable[[RunHandle, Outcome], None] | None = None) -> Iterator[RunHandle]:
         try:
             yield handle
+        except RunAbandoned:
+            raise
         except BaseException as exc:
             self._finish(handle, outcome_of(exc), on_end)
             raise
