@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fixed-cost", action="store_true",
                    help="instead: per-trial fixed work (windows, teacher, cache key) at SQuAD's "
                         "size, before and after it was done once per data version")
+    b.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="instead: N `study search` workers on one new study in search.storage "
+                        "(PostgreSQL): the peak number of database backends")
     b.add_argument("--n-configs", type=int, default=None,
                    help="configurations per search with --pruning (default: search.n_trials)")
     u = add("ui", "start the MLflow UI on the project's tracking store (127.0.0.1)")
@@ -83,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--skip", action="append", default=[], choices=RUN_CHAIN,
                    help="leave out a stage (repeatable)")
     return parser
+
+
+def _common_argv(args: argparse.Namespace) -> list[str]:
+    """The command line's --params/--profile/--set, for a `study` subprocess."""
+    argv = [] if args.params is None else ["--params", args.params]
+    argv += [] if args.profile is None else ["--profile", args.profile]
+    return argv + [a for kv in args.overrides for a in ("--set", kv)]
 
 
 def _stage(name: str):
@@ -106,6 +116,8 @@ def dispatch(args: argparse.Namespace) -> None:
             bench.pruning(cfg, n_configs=args.n_configs)
         elif args.fixed_cost:
             bench.fixed_cost(cfg)
+        elif args.workers:
+            bench.workers(cfg, args.workers, _common_argv(args))
         else:
             bench.run(cfg, steps=args.steps)
     elif cmd == "predict":

@@ -11,6 +11,7 @@ stopped the trial), KILLED (Ctrl-C) or FAILED with its reason, never left RUNNIN
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -34,6 +35,14 @@ DIGEST_CHARS = 16
 STATE_TAG = "optuna_state"  # a trial's Optuna state; PRUNED is set here, as the run ends
 PRUNE_TAG = "prune_reason"
 FAILURE_TAG = "failure_reason"
+
+
+# MLflow sizes its SQLAlchemy pool from the environment (mlflow/environment_variables.py;
+# it passes max_overflow only when it is not 0). A worker logs from its main thread, so one
+# pooled connection and one overflow bound a database tracking store to two connections
+# per engine (SQLAlchemy's default is 5 + 10). An operator's own settings win.
+MLFLOW_POOL_ENV = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "1",
+                   "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1"}
 
 
 class RunAbandoned(BaseException):
@@ -168,6 +177,9 @@ class Tracker:
 
         self.cfg = cfg
         uri = absolute_sqlite(cfg.tracking.uri)
+        if not uri.startswith(("sqlite:", "http:", "https:", "file:", "databricks")) and "://" in uri:
+            for key, value in MLFLOW_POOL_ENV.items():
+                os.environ.setdefault(key, value)
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
         try:
