@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -262,9 +263,10 @@ def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_runnin
 
 
 def test_ctrl_c_marks_the_running_trial_and_keeps_the_rest(ws):
-    proc = search(ws, "s6", 5, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    name = f"s6-{uuid.uuid4().hex[:8]}"  # its own study each time it runs (pytest --count)
+    proc = search(ws, name, 5, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        interrupted = running_after_one_done(ws, "s6", proc)
+        interrupted = running_after_one_done(ws, name, proc)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGCONT)  # the interrupt is delivered as it resumes
@@ -272,14 +274,14 @@ def test_ctrl_c_marks_the_running_trial_and_keeps_the_rest(ws):
     assert interrupted is not None, "no trial was running before the deadline"
     assert proc.returncode == 130
     assert "study search: interrupted" in err and "Traceback" not in err
-    by_number = {t.number: t for t in load(ws, "s6").trials}
+    by_number = {t.number: t for t in load(ws, name).trials}
     assert by_number[interrupted].state.name == "FAIL"
     assert by_number[interrupted].user_attrs["fail_reason"] == "interrupted"
     assert all(t.state.name in ("COMPLETE", "PRUNED") for n, t in by_number.items() if n < interrupted)
-    _, runs = runs_of(ws, "s6")
+    _, runs = runs_of(ws, name)
     by_name = {r.info.run_name: r for r in runs}
     assert by_name[f"trial-{interrupted}"].info.status == "KILLED"
-    assert by_name["study-s6"].info.status == "KILLED"
+    assert by_name[f"study-{name}"].info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
