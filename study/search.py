@@ -475,7 +475,6 @@ def _run(cfg: Config, interrupt: Interrupt, url: str, n_trials: int | None,
         print(f"closed {closed} MLflow run(s) left RUNNING by a dead worker")
     objective = Objective(cfg, tracker, "", study.study_name, callbacks=callbacks,
                           interrupt=interrupt, storage_url=storage_url)
-    interrupt.check()  # a Ctrl-C while the study was opened
     with ExitStack() as stack:
         # Workers starting together: one gives a new study its first trial (the authors'
         # setting) and its parent run; the others find both.
@@ -486,6 +485,7 @@ def _run(cfg: Config, interrupt: Interrupt, url: str, n_trials: int | None,
                 study.set_metric_names([OBJECTIVE_NAME])  # not "Objective 0"
             parent = stack.enter_context(parent_run(cfg, tracker, study, storage_url, storage_obj))
         objective.parent_run_id = parent.run_id
+        interrupt.check()  # a Ctrl-C while the parent run was found: it ends KILLED
         doc = optimize(cfg, study, objective, parent, storage_url, n_trials, timeout)
     print(f"study {study.study_name}: {doc['n_trials']} trials ({doc['n_complete']} complete, "
           f"{doc['n_pruned']} pruned, {doc['n_failed']} failed); best trial {doc.get('best_trial')} "
