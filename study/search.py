@@ -191,13 +191,16 @@ class Interrupt(TrainerCallback):
                 previous_hook(args)
 
         threading.excepthook = thread_died
-        main = threading.current_thread() is threading.main_thread()  # only it gets signals
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if main else None
+        # Only the main thread gets signals; a worker started with SIGINT ignored (a
+        # background job of a shell script) keeps ignoring it, as Python itself does.
+        handle = (threading.current_thread() is threading.main_thread()
+                  and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if handle else None
         try:
             yield
         finally:
             threading.excepthook = previous_hook
-            if main:
+            if handle:
                 signal.signal(signal.SIGINT, previous)
 
     def check(self, *args, **kwargs) -> None:

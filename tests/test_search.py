@@ -262,9 +262,17 @@ def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_runnin
     assert killed_run.info.status == "KILLED"
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A test run started in the background by a shell script has SIGINT ignored, and a
+    # child inherits that: the worker would never see the Ctrl-C and would finish its
+    # trials with exit 0. A worker run in a terminal has the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_marks_the_running_trial_and_keeps_the_rest(ws):
     name = f"s6-{uuid.uuid4().hex[:8]}"  # its own study each time it runs (pytest --count)
-    proc = search(ws, name, 5, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = search(ws, name, 5, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                  preexec_fn=_sigint_as_in_a_terminal)
     try:
         interrupted = running_after_one_done(ws, name, proc)
     finally:
