@@ -257,18 +257,20 @@ def fixed_cost(cfg: Config) -> dict:
 # --------------------------------------------------------------------------- workers
 class BackendPeak:
     """The most PostgreSQL client backends alive at once, sampled every `every` seconds
-    from a monitor connection of its own, which is not counted (nor are the server's
+    from monitor connections of its own, which are not counted (nor are the server's
     background processes)."""
 
-    QUERY = ("SELECT count(*) FROM pg_stat_activity "
-             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+    NAME = "kdqa-backend-monitor"
+    QUERY = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+             f"AND application_name IS DISTINCT FROM '{NAME}'")
 
     def __init__(self, url: str, every: float = 0.1):
         import threading
 
         import sqlalchemy
 
-        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                               connect_args={"application_name": self.NAME})
         self.every, self.peak, self.samples = every, 0, 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
