@@ -210,7 +210,13 @@ def is_lost_storage(exc: BaseException | None) -> bool:
 
 
 def root_message(exc: BaseException) -> str:
-    """The first line of the innermost cause: the driver's own words."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__
+    """The driver's own words for a lost database (`psycopg.OperationalError: connection
+    ... refused`), from the first DBAPI error in `exc`'s chain; else `exc`'s first line."""
+    import sqlalchemy.exc
+
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, sqlalchemy.exc.DBAPIError) and str(chain.orig).strip():
+            return str(chain.orig).strip().splitlines()[0][:200]
+        chain = chain.__cause__ or chain.__context__
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -297,11 +298,13 @@ def test_a_stopped_database_ends_the_worker_in_one_line_and_the_study_resumes(ws
         pg.start()  # same data folder, same port
     stopped_at = time.time()
 
-    lines = err.strip().splitlines()
+    lines = err.replace("\r", "\n").strip().splitlines()  # progress bars end in \r
     assert worker.returncode == 2, err[-3000:]
     assert lines[-1].startswith("study search: error: lost the Optuna storage "
                                 f"postgresql://kd:***@127.0.0.1:{pg.port}/fault"), err[-3000:]
     assert "Traceback" not in err and pg.password not in err
+    reason = re.search(r"fault \((.*)\); the running trial is left", lines[-1])
+    assert reason and reason.group(1).strip("() "), lines[-1]  # the driver's words
 
     # Nothing recorded the trial's end: it is RUNNING until the heartbeats fail it.
     polled = open_optuna_storage(storage)

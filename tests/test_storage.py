@@ -151,7 +151,7 @@ def test_only_a_lost_connection_counts_as_a_lost_storage():
     import optuna
     import sqlalchemy.exc
 
-    from study.storage import is_lost_storage
+    from study.storage import is_lost_storage, root_message
 
     refused = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
     try:
@@ -161,5 +161,6 @@ def test_only_a_lost_connection_counts_as_a_lost_storage():
             raise optuna.exceptions.StorageInternalError("commit failed") from exc
     except optuna.exceptions.StorageInternalError as wrapped:
         assert is_lost_storage(wrapped)
+        assert root_message(wrapped) == "connection refused"  # the driver's words
     assert not is_lost_storage(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("dup")))
     assert not is_lost_storage(ValueError("a bug"))
