@@ -316,7 +316,9 @@ def workers(cfg: Config, n: int, forward: list[str]) -> dict:
         raise StudyError(f"bench --workers counts PostgreSQL backends; search.storage is "
                          f"{redact(url)}")
     name = f"bench-workers-{n}-{int(time.time())}"
-    cmd = [sys.executable, "-m", "study", "search", "--study-name", name, *forward]
+    scratch = tempfile.mkdtemp(prefix="bench-workers-")  # the workers' trials.csv: not reports/
+    cmd = [sys.executable, "-m", "study", "search", "--study-name", name, *forward,
+           "--set", f"runtime.reports={scratch}"]
     with BackendPeak(url) as peak:
         with peak.engine.connect() as conn:
             idle = peak.now(conn)  # the tracking server's own pool, before any worker
