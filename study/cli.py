@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gpu", action="store_true",
                    help="instead (on a CUDA GPU): bare training loop vs the project's step, the "
                         "teacher pass rate and the GPU-busy share")
+    b.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="instead: N `study search` workers on one new study in search.storage "
+                        "(PostgreSQL): the peak number of database backends")
     b.add_argument("--n-configs", type=int, default=None,
                    help="configurations per search with --pruning (default: search.n_trials)")
     b.add_argument("--pruners", default=None,
@@ -108,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--skip", action="append", default=[], choices=RUN_CHAIN,
                    help="leave out a stage (repeatable)")
     return parser
+
+
+def _common_argv(args: argparse.Namespace) -> list[str]:
+    """The command line's --params/--profile/--set, for a `study` subprocess."""
+    argv = [] if args.params is None else ["--params", args.params]
+    argv += [] if args.profile is None else ["--profile", args.profile]
+    return argv + [a for kv in args.overrides for a in ("--set", kv)]
 
 
 def _stage(name: str):
@@ -139,6 +149,8 @@ def dispatch(args: argparse.Namespace) -> None:
             bench.input_pipeline(cfg)
         elif args.gpu:
             bench.gpu(cfg, steps=args.steps)
+        elif args.workers:
+            bench.workers(cfg, args.workers, _common_argv(args))
         else:
             bench.run(cfg, steps=args.steps)
     elif cmd == "predict":

@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,19 @@ from transformers import TrainerCallback
 from study import design
 from study import teacher as teacher_stage
 from study.config import Config, validate_distill_weights
+from study.errors import StudyError
 from study.layout import Layout, SearchDir
 from study.results import TrialRow, read_stage_metrics, write_trials
 from study.storage import (
+    is_lost_storage,
     known_experimental,
     open_optuna_storage,
     redact,
     resolve_url,
+    root_message,
     schema_lock,
 )
-from study.tracking import STATE_TAG, Outcome, RunHandle, Tracker
+from study.tracking import STATE_TAG, Outcome, RunAbandoned, RunHandle, Tracker
 from study.fit import load_splits
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -144,6 +149,82 @@ class NanGuard(TrainerCallback):
             raise FloatingPointError(f"training loss became {loss} at step {state.global_step}")
 
 
+class StorageLost(RunAbandoned):
+    """The study's database stopped answering mid-study. The worker stops without touching
+    the trial it runs (it could not record it anyway): heartbeats fail that trial and close
+    its MLflow run once a worker reaches the database again."""
+
+
+class Interrupt(TrainerCallback):
+    """Stopping the worker where it can stop cleanly: after Ctrl-C, or when the study's
+    database was lost (the heartbeat thread finds out first).
+
+    Python's own SIGINT handler raises KeyboardInterrupt wherever the main thread happens
+    to be, and some places swallow it: a finalizer (`__del__`, a weakref callback) run by
+    the garbage collector prints "Exception ignored" and carries on, so a worker
+    interrupted there finished its trials and exited 0. Here the handlers only record why
+    to stop, and the main thread raises it itself at the next training step or evaluation
+    batch, as a trial's training ends, or between trials. A second Ctrl-C is Python's own,
+    immediate one.
+    """
+
+    def __init__(self):
+        self.reason: BaseException | None = None
+
+    def request(self, reason: BaseException) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.request(KeyboardInterrupt())
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @contextmanager
+    def installed(self, storage_url: str) -> Iterator[None]:
+        """SIGINT handled as above; a thread (Optuna's heartbeat) that dies because the
+        database is gone stops the worker, and its traceback is not printed: the worker
+        says it in one line."""
+        previous_hook = threading.excepthook
+
+        def thread_died(args) -> None:
+            if is_lost_storage(args.exc_value):
+                self.request(StorageLost(storage_url, root_message(args.exc_value)))
+            else:
+                previous_hook(args)
+
+        threading.excepthook = thread_died
+        # Only the main thread gets signals; a worker started with SIGINT ignored (a
+        # background job of a shell script) keeps ignoring it, as Python itself does.
+        handle = (threading.current_thread() is threading.main_thread()
+                  and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if handle else None
+        try:
+            yield
+        finally:
+            threading.excepthook = previous_hook
+            if handle:
+                signal.signal(signal.SIGINT, previous)
+
+    def check(self, *args, **kwargs) -> None:
+        if self.reason is not None:
+            raise self.reason
+
+    on_step_end = on_substep_end = on_prediction_step = on_evaluate = check
+
+
+@contextmanager
+def storage_guard(storage_url: str) -> Iterator[None]:
+    """A lost database, raised as StorageLost wherever the block meets it."""
+    try:
+        yield
+    except StorageLost:
+        raise
+    except Exception as exc:
+        if is_lost_storage(exc):
+            raise StorageLost(storage_url, root_message(exc)) from None
+        raise
+
+
 # --------------------------------------------------------------------------- objective
 def suggest(cfg: Config, trial: optuna.Trial) -> dict[str, float]:
     s = cfg.search
@@ -172,8 +253,11 @@ def trial_config(cfg: Config, params: dict[str, float]) -> Config:
 
 class Objective:
     def __init__(self, cfg: Config, tracker: Tracker, parent_run_id: str, study_name: str,
-                 folder: SearchDir | None = None, callbacks: Sequence[TrainerCallback] = ()):
+                 folder: SearchDir | None = None, callbacks: Sequence[TrainerCallback] = (),
+                 interrupt: Interrupt | None = None, storage_url: str = ""):
         self.cfg, self.tracker = cfg, tracker
+        self.interrupt = interrupt or Interrupt()
+        self.storage_url = storage_url  # redacted: named when the database is lost
         self.parent_run_id, self.study_name = parent_run_id, study_name
         self.folder = folder or Layout.of(cfg).search  # where the trials keep their weights
         self.callbacks = tuple(callbacks)  # more Trainer callbacks for every trial
@@ -197,19 +281,24 @@ class Objective:
         out = self.folder.trial(trial.number).root
         with self.tracker.run(f"trial-{trial.number}", "trial", params=run_params, tags=tags,
                               parent_run_id=self.parent_run_id, split_hashes=self.hashes,
-                              on_end=trial_ended(trial, out)) as handle:
+                              on_end=trial_ended(trial, out)) as handle, \
+                storage_guard(self.storage_url):
             trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
             trial.set_user_attr(RUN_ATTR, handle.run_id)
             tcfg = trial_config(cfg, params)
             handle.log_dict(tcfg.to_dict(), "config.json")
             doc = distill_student(
                 tcfg, out, cfg.seed, handle, role="trial",
-                callbacks=[PruningCallback(trial), NanGuard(), *self.callbacks],
+                # Interrupt first: a Ctrl-C at an evaluation stops the trial before the
+                # pruner can.
+                callbacks=[self.interrupt, PruningCallback(trial), NanGuard(), *self.callbacks],
                 save=cfg.search.keep_weights).doc
             for split in ("tune", "dev"):
                 for k, v in doc[split].items():
                     trial.set_user_attr(f"{split}_{k}", v)
             trial.set_user_attr(STEPS_ATTR, doc["steps"])
+            # A Ctrl-C that came before the scores were recorded fails this trial.
+            self.interrupt.check()
             handle.set_tags({STATE_TAG: "COMPLETE"})
         return doc["tune"]["f1"]
 
@@ -357,12 +446,9 @@ def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: Run
         if cfg.search.keep_weights:
             prune_weights(study, cfg)
         parent.describe(trials_markdown(study))
+        objective.interrupt.check()  # no new trial after a Ctrl-C
 
-    started = time.time()
-    try:
-        study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout,
-                       catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
-    finally:
+    def record_session() -> dict:
         doc = summarise(study)
         doc.update(parent_run_id=parent.run_id, storage=storage_url,
                    session_seconds=round(time.time() - started, 1))
@@ -371,7 +457,19 @@ def optimize(cfg: Config, study: optuna.Study, objective: Objective, parent: Run
         parent.describe(trials_markdown(study))
         if doc.get("best_trial") is not None:
             parent.log_metrics({"best_tune_f1": doc["best_tune_f1"]})
-    return doc
+        return doc
+
+    started = time.time()
+    try:
+        with storage_guard(storage_url):
+            study.optimize(objective, n_trials=cfg.search.n_trials, timeout=cfg.search.timeout,
+                           catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
+    except StorageLost:
+        raise  # the summary is read from the study: nothing to record without it
+    except BaseException:
+        record_session()
+        raise
+    return record_session()
 
 
 def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
@@ -384,16 +482,29 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     limits = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
     if limits:
         cfg = cfg.replace(search=limits)
+    interrupt = Interrupt()
+    url = resolve_url(storage or cfg.storage_url)
+    try:
+        with interrupt.installed(redact(url)):
+            return _run(cfg, interrupt, url, study_name, callbacks)
+    except StorageLost as exc:
+        where, why = exc.args
+        raise StudyError(f"lost the Optuna storage {where} ({why}); the running trial is "
+                         "left to the heartbeats: run again once the database is back") from None
+
+
+def _run(cfg: Config, interrupt: Interrupt, url: str, study_name: str | None,
+         callbacks: Sequence[TrainerCallback]) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(cfg)
-    url = resolve_url(storage or cfg.storage_url)
     storage_obj = make_storage(cfg, url, DeadWorkerTrial(tracker))
     storage_url = redact(url)  # for tags and the summary: never the database password
     study = load_study(cfg, storage_obj, study_name)
     closed = close_stale(study, tracker)
     if closed:
         print(f"closed {closed} MLflow run(s) left RUNNING by a dead worker")
-    objective = Objective(cfg, tracker, "", study.study_name, callbacks=callbacks)
+    objective = Objective(cfg, tracker, "", study.study_name, callbacks=callbacks,
+                          interrupt=interrupt, storage_url=storage_url)
     with ExitStack() as stack:
         # Workers starting together: one gives a new study its first trial (the authors'
         # setting) and its parent run; the others find both.
@@ -404,6 +515,7 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
                 study.set_metric_names([OBJECTIVE_NAME])  # not "Objective 0"
             parent = stack.enter_context(parent_run(cfg, tracker, study, storage_url, storage_obj))
         objective.parent_run_id = parent.run_id
+        interrupt.check()  # a Ctrl-C while the parent run was found: it ends KILLED
         doc = optimize(cfg, study, objective, parent, storage_url)
     print(f"study {study.study_name}: {doc['n_trials']} trials ({doc['n_complete']} complete, "
           f"{doc['n_pruned']} pruned, {doc['n_failed']} failed); best trial {doc.get('best_trial')} "

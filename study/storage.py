@@ -74,7 +74,8 @@ def _sqlite_lock(db: Path) -> Iterator[None]:
 def _server_lock(url: str, acquire: str, release: str) -> Iterator[None]:
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     try:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text(acquire), {"key": _lock_key(url)})
@@ -123,6 +124,34 @@ def resolve_url(spec: str) -> str:
     return spec
 
 
+# A worker's connections to a database server. Optuna uses its storage from two threads:
+# the main thread (ask, report, tell) and, during a trial, the heartbeat thread; each needs
+# one connection at a time, so a pool of two, never more (SQLAlchemy's default, 5 + 10
+# overflow per engine, is sized for a web application). While a worker opens the study it
+# also holds the schema lock's own connection: STORAGE_CONNECTIONS + 1 at most.
+STORAGE_CONNECTIONS = 2
+POOL_WAIT_S = 60  # a checkout waits this long for one of the two, then fails
+CONNECT_TIMEOUT_S = 10  # a server that does not answer: fail, do not hang
+STATEMENT_TIMEOUT_S = 60  # Optuna's statements take milliseconds; this bounds a stuck one
+
+
+def storage_engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine arguments for the Optuna storage at `url`."""
+    if sqlite_path(url) is not None:
+        # Several local workers share one file: wait for SQLite's write lock, do not fail.
+        return {"connect_args": {"timeout": 60}}
+    kwargs: dict[str, Any] = {"pool_size": STORAGE_CONNECTIONS, "max_overflow": 0,
+                              "pool_timeout": POOL_WAIT_S, "pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        # libpq options (psycopg and psycopg2 alike): a bounded connect, TCP keepalives so
+        # a vanished server is noticed within ~25 s mid-statement, a statement timeout.
+        kwargs["connect_args"] = {
+            "connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 10,
+            "keepalives_interval": 5, "keepalives_count": 3,
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}"}
+    return kwargs
+
+
 def open_optuna_storage(url: str, heartbeat_interval: int | None = None,
                         grace_period: int | None = None,
                         on_dead_trial: Callable | None = None):
@@ -140,10 +169,7 @@ def open_optuna_storage(url: str, heartbeat_interval: int | None = None,
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    engine_kwargs: dict[str, Any] = {}
-    if sqlite_path(url) is not None:
-        # Several local workers share one file: wait for SQLite's write lock, do not fail.
-        engine_kwargs = {"connect_args": {"timeout": 60}}
+    engine_kwargs = storage_engine_kwargs(url)
     try:
         # Heartbeats are how a dead worker's trial is failed; Optuna still calls the
         # arguments experimental and warns on every open.
@@ -189,3 +215,31 @@ def redact(url: str) -> str:
     # Only a URL with a password is rewritten: rendering escapes characters (`{profile}`
     # becomes %7Bprofile%7D), and a recorded value without a secret must stay as written.
     return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+
+def is_lost_storage(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) says the database stopped answering: a refused or
+    dropped connection, a connect or statement timeout, no free connection in the pool.
+    Optuna wraps these in its StorageInternalError; programming errors are not among them."""
+    import sqlalchemy.exc
+
+    lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+            sqlalchemy.exc.TimeoutError)
+    while exc is not None:
+        if isinstance(exc, lost):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def root_message(exc: BaseException) -> str:
+    """The driver's own words for a lost database (`psycopg.OperationalError: connection
+    ... refused`), from the first DBAPI error in `exc`'s chain; else `exc`'s first line."""
+    import sqlalchemy.exc
+
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, sqlalchemy.exc.DBAPIError) and str(chain.orig).strip():
+            return str(chain.orig).strip().splitlines()[0][:200]
+        chain = chain.__cause__ or chain.__context__
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -11,6 +11,7 @@ described as pruned (Optuna stopped the trial), KILLED (Ctrl-C) or FAILED with i
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -43,6 +44,22 @@ NOTE_TAG = "mlflow.note.content"  # the run's Description in the UI (Markdown)
 # MLflow has no PRUNED status: a pruned run keeps FINISHED (its numbers are valid) and says
 # so in its name, which the runs list shows beside the status, and in its description.
 PRUNED_SUFFIX = " (pruned)"
+
+
+# MLflow sizes its SQLAlchemy pool from the environment (mlflow/environment_variables.py;
+# it passes max_overflow only when it is not 0). A worker logs from its main thread, so one
+# pooled connection and one overflow bound a database tracking store to two connections
+# per engine (SQLAlchemy's default is 5 + 10). An operator's own settings win.
+MLFLOW_POOL_ENV = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "1",
+                   "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1"}
+
+
+class RunAbandoned(BaseException):
+    """Raised through a run's block when the process must stop without ending the run: the
+    store that would record how it ended is gone. The run stays RUNNING; the process that
+    finds its trial dead closes it (heartbeats: search.DeadWorkerTrial, search.close_stale).
+    A BaseException, so that Optuna neither records it as the trial's failure nor tries to
+    (the trial stays RUNNING for the heartbeats too)."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +256,9 @@ class Tracker:
 
         self.cfg = cfg
         uri = absolute_sqlite(cfg.tracking.uri)
+        if not uri.startswith(("sqlite:", "http:", "https:", "file:", "databricks")) and "://" in uri:
+            for key, value in MLFLOW_POOL_ENV.items():
+                os.environ.setdefault(key, value)
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
         try:
@@ -315,6 +335,8 @@ class Tracker:
                on_end: Callable[[RunHandle, Outcome], None] | None = None) -> Iterator[RunHandle]:
         try:
             yield handle
+        except RunAbandoned:
+            raise
         except BaseException as exc:
             self._finish(handle, outcome_of(exc), on_end)
             raise

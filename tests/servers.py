@@ -26,6 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 START_TIMEOUT_S = 90
+MAX_CONNECTIONS = 100  # PostgreSQL's default: the budget the tests hold workers to
+# The tracking server's SQLAlchemy pool, read by MLflow from the environment (README,
+# "Several machines"): two pooled connections and two overflow per engine; the server opens
+# one engine for runs and one for the model registry.
+MLFLOW_SERVER_POOL_ENV = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2",
+                          "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "2"}
 
 
 def free_port() -> int:
@@ -80,6 +86,22 @@ class Postgres:
     password: str
     datadir: Path
     version: str
+    bindir: Path
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Serve the cluster on its port (again, after `stop`: same data, same port)."""
+        with self.log.open("a") as fh:
+            self.proc = subprocess.Popen(
+                [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                 "-c", "fsync=off", "-c", f"max_connections={MAX_CONNECTIONS}"],
+                stdout=fh, stderr=subprocess.STDOUT, **_as_server_user())
+        _wait_until(lambda: _can_connect(self), self.proc, "postgres", self.log)
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGINT)  # PostgreSQL's "fast" shutdown
 
     def url(self, db: str, password: str | None = None) -> str:
         pw = self.password if password is None else password
@@ -119,22 +141,16 @@ def postgres_server() -> Iterator[Postgres]:
                         f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8",
                         "--no-sync"], check=True, capture_output=True, timeout=120, **drop)
         pwfile.unlink()
-        port = free_port()
-        with log.open("w") as fh:
-            proc = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                 "-c", "fsync=off", "-c", "max_connections=100"],
-                stdout=fh, stderr=subprocess.STDOUT, **drop)
         version = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True,
                                  check=True,
                                  text=True).stdout.strip()
-        server = Postgres(port, "kd", password, datadir, version)
+        server = Postgres(free_port(), "kd", password, datadir, version, bindir, log)
         try:
-            _wait_until(lambda: _can_connect(server), proc, "postgres", log)
+            server.start()
             yield server
         finally:
-            _stop(proc, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+            if server.proc is not None:
+                server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -173,7 +189,7 @@ def mlflow_server(root: Path, backend_uri: str) -> Iterator[MlflowServer]:
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_BACKEND_STORE_URI=backend_uri,
                MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
                # No GenAI job runners: eight idle processes the tests do not use.
-               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **MLFLOW_SERVER_POOL_ENV)
     cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--artifacts-destination", artifacts.as_uri()]
@@ -201,3 +217,28 @@ def _answers(url: str) -> bool:
             return resp.status == 200
     except OSError:
         return False
+
+
+def main(argv: list[str]) -> int:
+    """`python tests/servers.py 'COMMAND'`: run a shell command (in the current folder) with
+    both servers up on 127.0.0.1: STUDY_STORAGE names a new `optuna` database, STUDY_TRACKING
+    the tracking server, MLFLOW_TRACKING_USERNAME/PASSWORD its admin. `study bench --workers`
+    is measured this way (README, "Several machines")."""
+    if len(argv) != 1:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    with postgres_server() as pg:
+        root = Path(tempfile.mkdtemp(prefix="kdqa-mlflow-"))
+        try:
+            with mlflow_server(root, pg.create_database("mlflow")) as tracking:
+                env = {**os.environ, "STUDY_STORAGE": pg.create_database("optuna"),
+                       "STUDY_TRACKING": tracking.url,
+                       "MLFLOW_TRACKING_USERNAME": tracking.admin,
+                       "MLFLOW_TRACKING_PASSWORD": tracking.admin_password}
+                return subprocess.run(["bash", "-c", argv[0]], env=env, check=False).returncode
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -217,10 +218,13 @@ def test_two_concurrent_workers_share_one_study(ws):
 
 def running_after_one_done(ws: Path, name: str, proc, timeout: float = 300) -> int | None:
     """Freeze the worker (SIGSTOP) while the study has a finished trial and a running one that
-    has its MLflow run; return that trial's number. The caller signals, then SIGCONTs it.
+    has its MLflow run and no recorded score yet; return that trial's number. The caller
+    signals, then SIGCONTs it.
 
-    The trial is re-read after the freeze: one that ended meanwhile (a quick pruned trial)
-    is let go and the next one waited for, so the signal always lands inside a trial."""
+    The trial is re-read after the freeze: one that ended or recorded its scores meanwhile
+    is let go and the next one waited for. A frozen trial without its `tune_f1` attr has not
+    reached the worker's last Ctrl-C check (search.Objective), so the signal lands inside
+    that trial whatever the scheduler does next."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
@@ -242,7 +246,8 @@ def _running_with_run(ws: Path, name: str) -> int | None:
     except Exception:  # noqa: BLE001 - study not created yet
         return None
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    running = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+    running = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs
+               and "tune_f1" not in t.user_attrs]
     return running[0].number if done and running else None
 
 
@@ -270,10 +275,19 @@ def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_runnin
     assert killed_run.info.status == "KILLED"
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A test run started in the background by a shell script has SIGINT ignored, and a
+    # child inherits that: the worker would never see the Ctrl-C and would finish its
+    # trials with exit 0. A worker run in a terminal has the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_marks_the_running_trial_and_keeps_the_rest(ws):
-    proc = search(ws, "s6", 5, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    name = f"s6-{uuid.uuid4().hex[:8]}"  # its own study each time it runs (pytest --count)
+    proc = search(ws, name, 5, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                  preexec_fn=_sigint_as_in_a_terminal)
     try:
-        interrupted = running_after_one_done(ws, "s6", proc)
+        interrupted = running_after_one_done(ws, name, proc)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGCONT)  # the interrupt is delivered as it resumes
@@ -281,14 +295,14 @@ def test_ctrl_c_marks_the_running_trial_and_keeps_the_rest(ws):
     assert interrupted is not None, "no trial was running before the deadline"
     assert proc.returncode == 130
     assert "study search: interrupted" in err and "Traceback" not in err
-    by_number = {t.number: t for t in load(ws, "s6").trials}
+    by_number = {t.number: t for t in load(ws, name).trials}
     assert by_number[interrupted].state.name == "FAIL"
     assert by_number[interrupted].user_attrs["fail_reason"] == "interrupted"
     assert all(t.state.name in ("COMPLETE", "PRUNED") for n, t in by_number.items() if n < interrupted)
-    _, runs = runs_of(ws, "s6")
+    _, runs = runs_of(ws, name)
     by_name = {r.info.run_name: r for r in runs}
     assert by_name[f"trial-{interrupted}"].info.status == "KILLED"
-    assert by_name["study-s6"].info.status == "KILLED"
+    assert by_name[f"study-{name}"].info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in runs)
 
 

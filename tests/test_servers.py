@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,12 +24,20 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import study_command
-from servers import mlflow_server, postgres_server
+from servers import MLFLOW_SERVER_POOL_ENV, mlflow_server, postgres_server
 from test_storage import ROUNDS, WORKERS, race
+
+from study.bench import BackendPeak
+from study.storage import STORAGE_CONNECTIONS, open_optuna_storage
 
 pytestmark = pytest.mark.slow
 STUDY = "team"
 GRACE_S = 15  # generous: three trainings share two cores, a live heartbeat must not look dead
+# The connection budget (README, "Several machines"): a worker holds its Optuna storage's
+# pool and, while it opens the study, the schema lock's connection; the tracking server
+# holds two engines' pools (runs, model registry); this test holds one storage of its own.
+WORKER_BUDGET = STORAGE_CONNECTIONS + 1
+SERVER_BUDGET = 2 * sum(int(v) for v in MLFLOW_SERVER_POOL_ENV.values())
 WORKER_SETS = ["--set", "tracking.uri={url}", "--set", "search.pruner=none",
                "--set", "runtime.threads=1", "--set", "search.heartbeat_interval=2",
                "--set", f"search.grace_period={GRACE_S}"]
@@ -90,7 +99,9 @@ def test_workers_opening_a_new_postgres_study_together_all_get_it(pg):
     assert len(outcomes) == WORKERS * ROUNDS
     assert [o for o in outcomes if o[1] != "ok"] == []
     for url in urls:
-        assert optuna.load_study(study_name="s", storage=url).trials == []
+        storage = open_optuna_storage(url)
+        assert optuna.load_study(study_name="s", storage=storage).trials == []
+        storage.engine.dispose()  # the next test counts the server's connections
 
 
 # --------------------------------------------------------------------------- three workers
@@ -114,7 +125,7 @@ def _wait(procs: dict[str, subprocess.Popen], ws: Path, timeout: float = 420) ->
         assert proc.returncode == 0, (ws / f"{name}.log").read_text()[-3000:]
 
 
-def _kill_mid_trial(victim: subprocess.Popen, storage: str, client, timeout: float = 300):
+def _kill_mid_trial(victim: subprocess.Popen, storage, client, timeout: float = 300):
     """SIGKILL the victim while one of its trials runs, and its MLflow run too.
 
     The victim is frozen first (SIGSTOP) and then checked: if its trial is still RUNNING in
@@ -166,19 +177,26 @@ def test_three_workers_one_killed_share_one_study_through_the_servers(ws, pg, tr
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(key, env[key])  # this test's own client reads the server too
     client = MlflowClient(tracking_uri=tracking.url)
+    # One storage object for all of this test's reads: a URL string would open a new pool
+    # on every poll, each left open until garbage-collected.
+    polled = open_optuna_storage(storage)
     requested = {"a": 2, "b": 2, "victim": 3, "restarted": 1}
-    procs = {name: _worker(ws, name, requested[name], env, tracking.url)
-             for name in ("a", "b", "victim")}
-    victim = procs.pop("victim")
-    killed, killed_at, before = _kill_mid_trial(victim, storage, client)
-    # Its last heartbeat is older than the kill; once the grace period has passed it is
-    # stale, and the dead machine's replacement (or a live worker) must notice it.
-    time.sleep(max(0.0, killed_at + GRACE_S + 1 - time.time()))
-    procs["restarted"] = _worker(ws, "restarted", requested["restarted"], env, tracking.url)
-    _wait(procs, ws)
+    with BackendPeak(pg.url("postgres")) as peak:
+        procs = {name: _worker(ws, name, requested[name], env, tracking.url)
+                 for name in ("a", "b", "victim")}
+        victim = procs.pop("victim")
+        killed, killed_at, before = _kill_mid_trial(victim, polled, client)
+        # Its last heartbeat is older than the kill; once the grace period has passed it is
+        # stale, and the dead machine's replacement (or a live worker) must notice it.
+        time.sleep(max(0.0, killed_at + GRACE_S + 1 - time.time()))
+        procs["restarted"] = _worker(ws, "restarted", requested["restarted"], env, tracking.url)
+        _wait(procs, ws)
     wall = time.time() - started
+    # Three workers alive at once at most (the restarted one starts after the kill).
+    budget = SERVER_BUDGET + 3 * WORKER_BUDGET + STORAGE_CONNECTIONS
+    assert peak.samples > 0 and peak.peak <= budget, (peak.peak, budget)
 
-    trials = sorted(optuna.load_study(study_name=STUDY, storage=storage).trials,
+    trials = sorted(optuna.load_study(study_name=STUDY, storage=polled).trials,
                     key=lambda t: t.number)
     by_number = {t.number: t for t in trials}
     victim_trials = [t for t in before if t.user_attrs.get("worker", "").endswith(
@@ -233,6 +251,84 @@ def test_three_workers_one_killed_share_one_study_through_the_servers(ws, pg, tr
     done = [t for t in trials if t.state.name == "COMPLETE"]
     print(f"\nthree workers + restart: trials {dict(states)}, runs {dict(statuses)}, "
           f"retried {len(retried)} (trial {killed} -> {retried[0].number}), "
-          f"wall {wall:.0f} s, mean complete trial "
+          f"wall {wall:.0f} s, peak {peak.peak} backends (budget {budget}), mean complete trial "
           f"{sum(t.duration.total_seconds() for t in done) / len(done):.0f} s, "
           f"{pg.version}, mlflow {__import__('mlflow').__version__}")
+
+
+# --------------------------------------------------------------------------- a dead database
+FAULT_SETS = ["--set", "search.pruner=none", "--set", "runtime.threads=1",
+              "--set", "search.heartbeat_interval=1", "--set", "search.grace_period=5"]
+LOST_BOUND_S = 180  # a hang guard only: the worker stops at its next training step
+
+
+def _running_trial(storage, name: str):
+    """The study's RUNNING trial that has its MLflow run, if any."""
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+    except KeyError:
+        return None
+    return next((t for t in trials if t.state.name == "RUNNING"
+                 and "mlflow_run_id" in t.user_attrs), None)
+
+
+def test_a_stopped_database_ends_the_worker_in_one_line_and_the_study_resumes(ws, pg):
+    # Last in this module: it stops the PostgreSQL server the other tests share.
+    from mlflow.tracking import MlflowClient
+
+    name, storage = "fault", pg.create_database("fault")
+    env = {"STUDY_STORAGE": storage}
+    cmd, full_env = study_command("search", "--n-trials", "3", "--study-name", name,
+                                  "--storage", "env:STUDY_STORAGE", *FAULT_SETS, env=env)
+    worker = subprocess.Popen(cmd, cwd=ws, env=full_env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    polled = open_optuna_storage(storage)
+    deadline = time.time() + 300
+    while (running := _running_trial(polled, name)) is None:
+        assert worker.poll() is None and time.time() < deadline, "no trial ever ran"
+        time.sleep(0.5)
+    polled.engine.dispose()
+    pg.stop()  # mid-trial: the worker's next heartbeat or storage call finds it gone
+    try:
+        _, err = worker.communicate(timeout=LOST_BOUND_S)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        pytest.fail(f"the worker still ran {LOST_BOUND_S} s after its database stopped")
+    finally:
+        pg.start()  # same data folder, same port
+    stopped_at = time.time()
+
+    lines = err.replace("\r", "\n").strip().splitlines()  # progress bars end in \r
+    assert worker.returncode == 2, err[-3000:]
+    # One line, the last (after the Trainer's progress bar, which ends without a newline).
+    assert err.count("study search: error:") == 1, err[-3000:]
+    assert ("study search: error: lost the Optuna storage "
+            f"postgresql://kd:***@127.0.0.1:{pg.port}/fault") in lines[-1], err[-3000:]
+    assert "Traceback" not in err and pg.password not in err
+    reason = re.search(r"fault \((.*)\); the running trial is left", lines[-1])
+    assert reason and reason.group(1).strip("() "), lines[-1]  # the driver's words
+
+    # Nothing recorded the trial's end: it is RUNNING until the heartbeats fail it.
+    polled = open_optuna_storage(storage)
+    left = optuna.load_study(study_name=name, storage=polled).trials[running.number]
+    assert left.state.name == "RUNNING"
+    time.sleep(max(0.0, stopped_at + 5 + 1 - time.time()))  # past the grace period
+    cmd, full_env = study_command("search", "--n-trials", "1", "--study-name", name,
+                                  "--storage", "env:STUDY_STORAGE", *FAULT_SETS, env=env)
+    res = subprocess.run(cmd, cwd=ws, env=full_env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = optuna.load_study(study_name=name, storage=polled).trials
+    polled.engine.dispose()
+    assert trials[running.number].state.name == "FAIL"
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == running.number]
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
+    assert retried[0].params == running.params
+    assert not [t.number for t in trials if t.state.name == "RUNNING"]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run(running.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == "worker died (no heartbeat)"
+    exp = client.get_experiment_by_name("kd-qa-smoke")
+    runs = client.search_runs([exp.experiment_id], f"tags.study_name = '{name}'")
+    assert runs and all(r.info.status != "RUNNING" for r in runs)

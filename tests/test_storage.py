@@ -120,3 +120,47 @@ def test_a_relative_sqlite_store_is_resolved_where_it_is_opened(tmp_path, monkey
     assert absolute_sqlite("sqlite:///mlruns/mlflow.db") == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     assert absolute_sqlite("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     assert absolute_sqlite("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_a_server_storage_holds_a_small_bounded_pool_and_a_local_one_waits_for_its_lock():
+    from study.storage import STORAGE_CONNECTIONS, storage_engine_kwargs
+
+    kwargs = storage_engine_kwargs("postgresql+psycopg://kd:pw@db-host/optuna")
+    assert kwargs["pool_size"] == STORAGE_CONNECTIONS == 2 and kwargs["max_overflow"] == 0
+    assert kwargs["connect_args"]["connect_timeout"] > 0
+    assert "statement_timeout" in kwargs["connect_args"]["options"]
+    assert storage_engine_kwargs("mysql+pymysql://kd:pw@db-host/optuna")["max_overflow"] == 0
+    assert storage_engine_kwargs("sqlite:///x.db") == {"connect_args": {"timeout": 60}}
+
+
+def test_a_database_that_does_not_answer_is_one_line_naming_it_without_its_password():
+    # Nothing listens on this loopback port: refused at once, no hang.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StudyError) as err:
+        open_optuna_storage(f"postgresql+psycopg://kd:s3cret@127.0.0.1:{port}/optuna")
+    text = str(err.value)
+    assert text.startswith(f"cannot open Optuna storage postgresql+psycopg://kd:***@127.0.0.1:{port}")
+    assert "s3cret" not in text and "\n" not in text
+
+
+def test_only_a_lost_connection_counts_as_a_lost_storage():
+    import optuna
+    import sqlalchemy.exc
+
+    from study.storage import is_lost_storage, root_message
+
+    refused = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    try:
+        try:
+            raise refused
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # as Optuna wraps it
+            raise optuna.exceptions.StorageInternalError("commit failed") from exc
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert is_lost_storage(wrapped)
+        assert root_message(wrapped) == "connection refused"  # the driver's words
+    assert not is_lost_storage(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("dup")))
+    assert not is_lost_storage(ValueError("a bug"))
