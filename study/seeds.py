@@ -204,9 +204,8 @@ def run(cfg: Config, add: int | None = None) -> dict:
     layout = Layout.of(cfg)
     if add:
         runs = load_runs(cfg, identity)
-        have = sorted(int(s) for s in runs["baseline"])
-        new = list(range(max(have + list(cfg.seeds.values)) + 1,
-                         max(have + list(cfg.seeds.values)) + 1 + add))
+        last = max([int(s) for s in runs["baseline"]] + list(cfg.seeds.values))
+        new = list(range(last + 1, last + 1 + add))
         more = train_seeds(cfg, settings, new, best.number, refs, qids)
         runs = {arm: {**runs[arm], **more[arm]} for arm in settings}
     else:
