@@ -26,7 +26,7 @@ from study.results import write_stage_metrics
 from study.tracking import MlflowLogCallback, RunHandle
 from study.teacher_logits import build_or_load
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
-from study.windows import Windows, load_windows
+from study.windows import PadToLongest, Windows, load_windows, padded_windows
 
 
 _SPLITS: dict[tuple[str, str], tuple[dict[str, list[dict]], dict[str, str]]] = {}
@@ -130,8 +130,11 @@ def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, wind
     collator = DataCollatorWithPadding(tokenizer)
     args = training_arguments(cfg, spec, out_dir, n_train_windows(windows), seed, has_eval=True,
                               distilling=distill is not None)
-    common = dict(model=model, args=args, train_dataset=windows.train,
-                  eval_dataset=windows.tune, eval_examples=splits["tune"], data_collator=collator,
+    common = dict(model=model, args=args,
+                  train_dataset=padded_windows(windows, tokenizer,
+                                               train_columns(windows, model, distill)),
+                  eval_dataset=windows.tune, eval_examples=splits["tune"],
+                  data_collator=PadToLongest(tokenizer),
                   post_process_function=_post_process(cfg), processing_class=tokenizer)
     if distill is None:
         return QuestionAnsweringTrainer(**common), 0.0
@@ -163,6 +166,15 @@ def score(cfg: Config, model, tokenizer, splits: dict[str, list[dict]], windows:
         predictions[name] = {qid: span.text for qid, span in spans.items()}
         scores[name] = squad_metrics(predictions[name], references(splits[name]))
     return scores, predictions
+
+
+def train_columns(windows: Windows, model, distill: DistillConfig | None) -> list[str]:
+    """The train windows' columns a training reads: all of them when distilling (the trainer
+    looks up feature_index), else those the model's forward takes, as the Trainer keeps them."""
+    if distill is not None:
+        return windows.train.column_names
+    takes = inspect.signature(model.forward).parameters
+    return [c for c in windows.train.column_names if c in takes]
 
 
 def n_train_windows(windows: Windows) -> int:

@@ -140,3 +140,83 @@ def test_fixed_cost_bench_tokenises_once_per_data_version(tmp_path, monkeypatch,
     assert set(doc["before_seconds_every_trial"]) == {"windows", "teacher_load", "cache_key",
                                                       "tokenisation_check"}
     assert (tmp_path / "bench.json").exists()
+
+
+# --------------------------------------------------------------------------- training batches
+def _batches(trainer) -> list[dict]:
+    import torch
+
+    torch.manual_seed(0)  # the sampler draws from the global generator when none is seeded
+    return [{k: v.clone() for k, v in b.items()} for b in trainer.get_train_dataloader()]
+
+
+@pytest.mark.parametrize("distilling", [False, True])
+@pytest.mark.parametrize("group_by_length", [True, False])
+@pytest.mark.parametrize("tok", ["tokenizer", "distil_tokenizer"])
+def test_training_batches_are_the_arrow_rows_padded_by_the_collator(
+        tmp_path, splits, xquad_records, request, tok, distilling, group_by_length):
+    """make_trainer's batches (padded tensors, gathered and trimmed) are, batch for batch, the
+    tensors the Trainer made from the Arrow rows with DataCollatorWithPadding: same keys,
+    dtypes and values, so training on them is the same to the digit."""
+    import torch
+    from conftest import make_tiny_bert_qa, make_tiny_distilbert_qa
+    from transformers import DataCollatorWithPadding
+
+    from study.config import DistillConfig, load_config
+    from study.fit import make_trainer, training_arguments
+    from study.trainer import DistillationTrainer, QuestionAnsweringTrainer
+
+    tokenizer = request.getfixturevalue(tok)
+    make = make_tiny_bert_qa if tok == "tokenizer" else make_tiny_distilbert_qa
+    splits = {**splits, "train": xquad_records[:60]}  # several batches, lengths that differ
+    w = windows.load_windows(tmp_path / "w", splits, HASHES, tokenizer, MAX_LEN, STRIDE)
+    cfg = load_config(None, "smoke")
+    spec = TrainSpec(epochs=1, batch_size=8, group_by_length=group_by_length)
+    distill = DistillConfig(teacher_logits="live") if distilling else None
+    teacher = (lambda: make(len(tokenizer), seed=5)) if distilling else None
+    new, _ = make_trainer(cfg, model=make(len(tokenizer)), tokenizer=tokenizer, spec=spec,
+                          splits=splits, windows=w, out_dir=tmp_path / "new", seed=3,
+                          distill=distill, teacher=teacher, teacher_dir=None)
+    args = training_arguments(cfg, spec, tmp_path / "old", len(w.train), 3, has_eval=False,
+                              distilling=distilling)
+    cls = DistillationTrainer if distilling else QuestionAnsweringTrainer
+    extra = dict(teacher=teacher()) if distilling else {}
+    old = cls(model=make(len(tokenizer)), args=args, train_dataset=w.train,
+              data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+              **extra)
+    got, want = _batches(new), _batches(old)
+    assert len(got) == len(want) == math.ceil(len(w.train) / 8)
+    assert len({b["input_ids"].shape[1] for b in got}) > 1  # trimmed per batch, not to the max
+    for g, e in zip(got, want):
+        assert g.keys() == e.keys()
+        for k in e:
+            assert g[k].dtype == e[k].dtype and torch.equal(g[k], e[k]), k
+    assert ("feature_index" in got[0]) == distilling  # the distiller's cache lookup needs it
+
+
+def test_padded_windows_refuse_what_they_cannot_pad(tmp_path, splits, tokenizer):
+    w = windows.load_windows(tmp_path, splits, HASHES, tokenizer, MAX_LEN, STRIDE)
+    odd = windows.Windows(key="odd", train=w.train.add_column(
+        "offsets", [[1, 2]] * len(w.train)))
+    with pytest.raises(ValueError, match="no padding value for the train windows' column 'offsets'"):
+        windows.padded_windows(odd, tokenizer)
+    tokenizer.padding_side = "left"
+    try:
+        with pytest.raises(ValueError, match="pad on the right, not 'left'"):
+            windows.padded_windows(w, tokenizer)
+    finally:
+        tokenizer.padding_side = "right"
+
+
+def test_input_pipeline_bench_times_both_collation_paths(tmp_path):
+    from study import bench
+    from study.config import load_config
+    from study.files import read_json
+
+    cfg = load_config(None, "smoke", [f"runtime.reports={tmp_path}"])
+    bench.input_pipeline(cfg, batches=12, batch_size=8, length=128)
+    doc = read_json(tmp_path / "bench.json", "benchmark file", "")["input_pipeline"]
+    assert set(doc["paths"]) == {"padded_windows", "arrow_rows"}
+    assert all(p["batches_per_second"] > 0 for p in doc["paths"].values())
+    assert doc["batches_per_second"] == doc["paths"]["padded_windows"]["batches_per_second"]
+    assert doc["target_met"] == (doc["batches_per_second"] >= 480)
