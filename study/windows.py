@@ -137,7 +137,7 @@ def forget() -> None:
 # --------------------------------------------------------------------------- training batches
 # The value each padded column takes beyond a window's end (as tokenizer.pad writes it).
 _PAD = {"input_ids": None, "attention_mask": 0, "token_type_ids": None, "special_tokens_mask": 1}
-_PADDED: dict[tuple, "PaddedWindows"] = {}
+_PADDED: dict[tuple, PaddedWindows] = {}
 
 
 class PaddedWindows(torch.utils.data.Dataset):
@@ -161,7 +161,7 @@ class PaddedWindows(torch.utils.data.Dataset):
         return {k: torch.from_numpy(np.asarray(v[i, :n] if v.ndim == 2 else v[i], np.int64))
                 for k, v in self.columns.items()}
 
-    def __getitems__(self, indices: list[int]) -> list["WindowRows"]:
+    def __getitems__(self, indices: list[int]) -> list[WindowRows]:
         # One object, not a list of rows: the DataLoader hands it to the collator whole, and
         # the Trainer's column filter passes anything that is not a dict through untouched.
         return [WindowRows(self, np.asarray(indices, dtype=np.int64))]

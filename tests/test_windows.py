@@ -180,7 +180,7 @@ def test_training_batches_are_the_arrow_rows_padded_by_the_collator(
     args = training_arguments(cfg, spec, tmp_path / "old", len(w.train), 3, has_eval=False,
                               distilling=distilling)
     cls = DistillationTrainer if distilling else QuestionAnsweringTrainer
-    extra = dict(teacher=teacher()) if distilling else {}
+    extra = {"teacher": teacher()} if distilling else {}
     old = cls(model=make(len(tokenizer)), args=args, train_dataset=w.train,
               data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
               **extra)
