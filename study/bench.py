@@ -33,7 +33,8 @@ from study.layout import Layout, SearchDir
 from study.modeling import build_student
 from study.tracking import Tracker, device_name, git_state, package_versions
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer
-from study.fit import apply_runtime, load_splits, training_arguments
+from study.fit import apply_runtime, load_splits, train_columns, training_arguments
+from study.windows import PadToLongest, padded_rows
 
 
 def run(cfg: Config, steps: int | None = None) -> dict:
@@ -43,7 +44,6 @@ def run(cfg: Config, steps: int | None = None) -> dict:
     teacher, _, teacher_dir = teacher_stage.load_trained(cfg)
     _, tokenizer = build_student(cfg.student, cfg.seed)
     feats = build_train_features(splits["train"], tokenizer, cfg.data.max_length, cfg.data.doc_stride)
-    collator = DataCollatorWithPadding(tokenizer)
     spec = cfg.student.train.replace(max_steps=steps, evals_per_epoch=0)
     d = cfg.distill
     results: dict[str, float] = {}
@@ -52,7 +52,7 @@ def run(cfg: Config, steps: int | None = None) -> dict:
         cache_root = Path(tmp) / "cache"
         t0 = time.perf_counter()
         args0 = training_arguments(cfg, spec, Path(tmp), len(feats), cfg.seed, False, True)
-        cache = build_or_load(teacher, teacher_dir, tokenizer, feats, collator, root=cache_root,
+        cache = build_or_load(teacher, teacher_dir, tokenizer, feats, root=cache_root,
                               max_length=cfg.data.max_length, doc_stride=cfg.data.doc_stride,
                               batch_size=cfg.eval.batch_size, device=args0.device,
                               dtype=d.cache_dtype)
@@ -69,8 +69,11 @@ def run(cfg: Config, steps: int | None = None) -> dict:
                                       has_eval=False, distilling=distilling)
             extra = dict(temperature=d.temperature, alpha_ce=d.alpha_ce,
                          alpha_squad=d.alpha_squad, **v["kw"]) if distilling else {}
-            trainer = v["cls"](model=model, args=args, train_dataset=feats, data_collator=collator,
-                               processing_class=tokenizer, **extra)
+            columns = train_columns(feats, model, distilling)
+            trainer = v["cls"](model=model, args=args,
+                               train_dataset=padded_rows(feats, tokenizer, columns),
+                               data_collator=PadToLongest(tokenizer), processing_class=tokenizer,
+                               **extra)
             transformers.set_seed(cfg.seed)
             t0 = time.perf_counter()
             trainer.train()
@@ -605,8 +608,9 @@ def _project_step_ms(cfg: Config, batch_size: int, length: int, warm: int, steps
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("embedded", "distilbert")
-    trainer = DistillationTrainer(model=_paper_student(), args=args, train_dataset=feats,
-                                  data_collator=DataCollatorWithPadding(tokenizer),
+    trainer = DistillationTrainer(model=_paper_student(), args=args,
+                                  train_dataset=padded_rows(feats, tokenizer),
+                                  data_collator=PadToLongest(tokenizer),
                                   processing_class=tokenizer, teacher_logits=cache,
                                   callbacks=[Clock()])
     trainer.train()
@@ -630,16 +634,16 @@ def _teacher_windows_per_second(cfg: Config, length: int, batches: int, tmp: Pat
     feats = Dataset.from_dict({"input_ids": rng.integers(1000, 30000, (n, length)).tolist(),
                                "attention_mask": np.ones((n, length), dtype=int).tolist(),
                                "token_type_ids": np.zeros((n, length), dtype=int).tolist()})
-    collator = DataCollatorWithPadding(load_tokenizer("embedded"))
+    tokenizer = load_tokenizer("embedded")
     teacher = _paper_teacher()
     out = tmp / "teacher-pass"
     out.mkdir()
     warm = feats.select(range(bs * 2))
-    compute_logits(teacher, warm, collator, bs, "cuda", length, "float16", out,
+    compute_logits(teacher, warm, tokenizer, bs, "cuda", length, "float16", out,
                    cfg.runtime.mixed_precision)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    compute_logits(teacher, feats, collator, bs, "cuda", length, "float16", out,
+    compute_logits(teacher, feats, tokenizer, bs, "cuda", length, "float16", out,
                    cfg.runtime.mixed_precision)
     torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)

@@ -44,7 +44,7 @@ BATCH = 32
 def padding_share(batches: list[list[int]], batch_size: int) -> float:
     """The share of the tokens computed that are padding: `batches` holds the window lengths
     of each call, whose windows run `batch_size` at a time, each forward pass padded to its
-    longest window (DataCollatorWithPadding, as study.qa does)."""
+    longest window (study.windows.pad_batch, as study.qa does)."""
     real = computed = 0
     for lengths in batches:
         real += sum(lengths)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DataCollatorWithPadding, TrainingArguments
+from transformers import TrainingArguments
 
 from study.config import Config, DistillConfig, TrainSpec
 from study.data import SPLITS, read_split, references
@@ -127,12 +127,12 @@ def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, wind
                  out_dir: Path, seed: int, distill: DistillConfig | None, teacher,
                  teacher_dir: Path | None) -> tuple[QuestionAnsweringTrainer, float]:
     """The Trainer for one training, and the seconds spent on the teacher-logit cache."""
-    collator = DataCollatorWithPadding(tokenizer)
     args = training_arguments(cfg, spec, out_dir, n_train_windows(windows), seed, has_eval=True,
                               distilling=distill is not None)
     common = dict(model=model, args=args,
                   train_dataset=padded_windows(windows, tokenizer,
-                                               train_columns(windows, model, distill)),
+                                               train_columns(windows.train, model,
+                                                             distill is not None)),
                   eval_dataset=windows.tune, eval_examples=splits["tune"],
                   data_collator=PadToLongest(tokenizer),
                   post_process_function=_post_process(cfg), processing_class=tokenizer)
@@ -141,7 +141,7 @@ def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, wind
     logits, t0 = None, time.time()
     if distill.alpha_ce > 0 and distill.teacher_logits == "cache":
         d = cfg.data
-        logits = build_or_load(teacher, teacher_dir, tokenizer, windows.train, collator,
+        logits = build_or_load(teacher, teacher_dir, tokenizer, windows.train,
                                root=Layout.of(cfg).teacher_cache, max_length=d.max_length,
                                doc_stride=d.doc_stride, batch_size=cfg.eval.batch_size,
                                device=args.device, dtype=distill.cache_dtype,
@@ -168,13 +168,13 @@ def score(cfg: Config, model, tokenizer, splits: dict[str, list[dict]], windows:
     return scores, predictions
 
 
-def train_columns(windows: Windows, model, distill: DistillConfig | None) -> list[str]:
+def train_columns(train, model, distilling: bool) -> list[str]:
     """The train windows' columns a training reads: all of them when distilling (the trainer
     looks up feature_index), else those the model's forward takes, as the Trainer keeps them."""
-    if distill is not None:
-        return windows.train.column_names
+    if distilling:
+        return train.column_names
     takes = inspect.signature(model.forward).parameters
-    return [c for c in windows.train.column_names if c in takes]
+    return [c for c in train.column_names if c in takes]
 
 
 def n_train_windows(windows: Windows) -> int:

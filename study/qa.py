@@ -71,7 +71,8 @@ class QuestionAnswerer:
                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Start and end logits of each window, rows padded with -100 past its length."""
         from tqdm.auto import tqdm
-        from transformers import DataCollatorWithPadding
+
+        from study.windows import pad_batch
 
         bs = batch_size or self.settings.batch_size
         cols = [c for c in MODEL_INPUTS if c in features]
@@ -79,18 +80,17 @@ class QuestionAnswerer:
         width = max((len(ids) for ids in features["input_ids"]), default=0)
         starts = np.full((n, width), -100.0, dtype=np.float32)
         ends = np.full((n, width), -100.0, dtype=np.float32)
-        collate = DataCollatorWithPadding(self.tokenizer)
         self.model.eval()
         device = next(self.model.parameters()).device
         for i in tqdm(range(0, n, bs), desc="answering", unit="batch",
                       disable=not progress or n <= bs):
-            rows = [{c: features[c][j] for c in cols} for j in range(i, min(i + bs, n))]
-            batch = {k: v.to(device) for k, v in collate(rows).items()}
+            rows = {c: features[c][i:i + bs] for c in cols}
+            batch = {k: v.to(device) for k, v in pad_batch(rows, self.tokenizer).items()}
             with inference_autocast(self.precision, device):
                 out = self.model(**model_inputs(self.model, batch))
             length = out.start_logits.shape[1]
-            starts[i:i + len(rows), :length] = out.start_logits.float().cpu().numpy()
-            ends[i:i + len(rows), :length] = out.end_logits.float().cpu().numpy()
+            starts[i:i + bs, :length] = out.start_logits.float().cpu().numpy()
+            ends[i:i + bs, :length] = out.end_logits.float().cpu().numpy()
         return starts, ends
 
     def spans(self, records: Sequence[dict], features, starts: np.ndarray,

@@ -164,7 +164,10 @@ class PaddedWindows(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[WindowRows]:
         # One object, not a list of rows: the DataLoader hands it to the collator whole, and
         # the Trainer's column filter passes anything that is not a dict through untouched.
-        return [WindowRows(self, np.asarray(indices, dtype=np.int64))]
+        return [self.rows(indices)]
+
+    def rows(self, indices) -> WindowRows:
+        return WindowRows(self, np.asarray(indices, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -195,20 +198,41 @@ class PadToLongest:
 
 
 def padded_windows(windows: Windows, tokenizer, columns: list[str] | None = None) -> PaddedWindows:
-    """The train windows' `columns` (default: all) as PaddedWindows, padded as tokenizer.pad
-    pads them (right side only: the side every tokenizer of this project uses)."""
-    ds = windows.train
-    columns = list(columns or ds.column_names)
-    pads = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
-    memo = (windows.key, tuple(columns), tokenizer.pad_token_id, tokenizer.pad_token_type_id,
-            tokenizer.padding_side)
+    """The train windows' `columns` (default: all) as PaddedWindows, once per process."""
+    memo = (windows.key, tuple(columns or windows.train.column_names), tokenizer.pad_token_id,
+            tokenizer.pad_token_type_id, tokenizer.padding_side)
     if memo not in _PADDED:
-        if tokenizer.padding_side != "right":
-            raise ValueError(f"padded training windows pad on the right, not "
-                             f"{tokenizer.padding_side!r}")
-        table = ds.select_columns(columns).with_format("arrow")[:]
-        _PADDED[memo] = _pad_table(table, {**_PAD, **pads})
+        _PADDED[memo] = padded_rows(windows.train, tokenizer, columns)
     return _PADDED[memo]
+
+
+def padded_rows(ds, tokenizer, columns: list[str] | None = None) -> PaddedWindows:
+    """The dataset's `columns` (default: all) padded as tokenizer.pad pads them (right side
+    only: the side every tokenizer of this project uses)."""
+    if tokenizer.padding_side != "right":
+        raise ValueError(f"padded training windows pad on the right, not "
+                         f"{tokenizer.padding_side!r}")
+    pads = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
+    table = ds.select_columns(list(columns or ds.column_names)).with_format("arrow")[:]
+    return _pad_table(table, {**_PAD, **pads})
+
+
+def pad_batch(rows: dict[str, list[list[int]]], tokenizer) -> dict[str, torch.Tensor]:
+    """A batch of token columns (lists of ids) padded as DataCollatorWithPadding pads them,
+    without its per-row conversions (the predictor's path: windows made on the fly)."""
+    pads = {**_PAD, "input_ids": tokenizer.pad_token_id,
+            "token_type_ids": tokenizer.pad_token_type_id}
+    if tokenizer.padding_side != "right":
+        raise ValueError(f"batches pad on the right, not {tokenizer.padding_side!r}")
+    out = {}
+    for name, col in rows.items():
+        if pads.get(name) is None:
+            raise ValueError(f"no padding value for the column {name!r}")
+        a = np.full((len(col), max(map(len, col), default=0)), pads[name], dtype=np.int64)
+        for j, ids in enumerate(col):
+            a[j, :len(ids)] = ids
+        out[name] = torch.from_numpy(a)
+    return out
 
 
 def _pad_table(table, pads: dict[str, int | None]) -> PaddedWindows:

@@ -100,13 +100,13 @@ def test_distillation_without_teacher_refused(tmp_path, student, train_feats, co
 def test_cached_teacher_loss_equals_live_teacher_loss(tmp_path, teacher, student, train_feats,
                                                      collator, distil_tokenizer):
     teacher.eval()
-    cache = build_or_load(teacher, None, distil_tokenizer, train_feats, collator,
+    cache = build_or_load(teacher, None, distil_tokenizer, train_feats,
                           root=tmp_path / "cache", max_length=MAX_LEN, doc_stride=STRIDE,
                           batch_size=8, device="cpu", dtype="float32")
     assert cache.start.shape == (len(train_feats), MAX_LEN)
     assert cache.meta["windows"] == len(train_feats)
     # A second call finds it on disk.
-    again = build_or_load(teacher, None, distil_tokenizer, train_feats, collator,
+    again = build_or_load(teacher, None, distil_tokenizer, train_feats,
                           root=tmp_path / "cache", max_length=MAX_LEN, doc_stride=STRIDE,
                           batch_size=8, device="cpu", dtype="float32")
     assert again.directory == cache.directory
@@ -136,7 +136,7 @@ def test_cached_teacher_loss_equals_live_teacher_loss(tmp_path, teacher, student
 def test_cache_rows_hold_the_teachers_logits(tmp_path, teacher, train_feats, collator,
                                              distil_tokenizer):
     teacher.eval()
-    cache = build_or_load(teacher, None, distil_tokenizer, train_feats, collator,
+    cache = build_or_load(teacher, None, distil_tokenizer, train_feats,
                           root=tmp_path, max_length=MAX_LEN, doc_stride=STRIDE, batch_size=5,
                           device="cpu", dtype="float32")
     reread = TeacherLogitCache(cache.directory)
@@ -260,11 +260,11 @@ def test_cache_built_by_two_workers_at_once_is_used_not_broken(tmp_path, teacher
 
     def rival_finishes_first(*a, **k):
         monkeypatch.setattr(cache_mod, "compute_logits", real)
-        other["cache"] = build_or_load(teacher, None, distil_tokenizer, train_feats, collator, **kw)
+        other["cache"] = build_or_load(teacher, None, distil_tokenizer, train_feats, **kw)
         return real(*a, **k)
 
     monkeypatch.setattr(cache_mod, "compute_logits", rival_finishes_first)
-    mine = build_or_load(teacher, None, distil_tokenizer, train_feats, collator, **kw)
+    mine = build_or_load(teacher, None, distil_tokenizer, train_feats, **kw)
     assert mine.directory == other["cache"].directory
     assert np.array_equal(np.asarray(mine.start), np.asarray(other["cache"].start))
     assert [p.name for p in tmp_path.iterdir()] == [mine.directory.name]  # no scratch left
@@ -311,7 +311,7 @@ def test_training_step_reads_no_loss_value_between_logging_steps(
     """nanoGPT's rule: nothing is read off the device inside a step; the CE/KD parts are summed
     there and read when the Trainer logs (here once, after 4 steps)."""
     teacher.eval()
-    cache = build_or_load(teacher, None, distil_tokenizer, train_feats, collator,
+    cache = build_or_load(teacher, None, distil_tokenizer, train_feats,
                           root=tmp_path / "cache", max_length=MAX_LEN, doc_stride=STRIDE,
                           batch_size=8, device="cpu", dtype="float16")
     if on_device:
@@ -351,7 +351,7 @@ def test_loss_parts_log_the_mean_of_each_steps_value(tmp_path, teacher, student,
 def test_cache_on_device_gathers_the_same_rows_as_the_memory_mapped_cache(
         tmp_path, teacher, train_feats, collator, distil_tokenizer):
     teacher.eval()
-    cache = build_or_load(teacher, None, distil_tokenizer, train_feats, collator,
+    cache = build_or_load(teacher, None, distil_tokenizer, train_feats,
                           root=tmp_path, max_length=MAX_LEN, doc_stride=STRIDE, batch_size=8,
                           device="cpu", dtype="float16")
     assert cache.place("cpu").resident is None  # on the CPU the memmap is already in memory

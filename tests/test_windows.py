@@ -220,3 +220,21 @@ def test_input_pipeline_bench_times_both_collation_paths(tmp_path):
     assert all(p["batches_per_second"] > 0 for p in doc["paths"].values())
     assert doc["batches_per_second"] == doc["paths"]["padded_windows"]["batches_per_second"]
     assert doc["target_met"] == (doc["batches_per_second"] >= 480)
+
+
+@pytest.mark.parametrize("tok", ["tokenizer", "distil_tokenizer"])
+def test_pad_batch_is_what_the_collator_makes(splits, request, tok):
+    """The predictor's batches: the same tensors as DataCollatorWithPadding's, ragged rows."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    tokenizer = request.getfixturevalue(tok)
+    feats = build_eval_features(splits["dev"], tokenizer, MAX_LEN, STRIDE).to_dict()
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in feats]
+    assert len({len(ids) for ids in feats["input_ids"]}) > 1
+    got = windows.pad_batch({c: feats[c] for c in cols}, tokenizer)
+    want = DataCollatorWithPadding(tokenizer)(
+        [{c: feats[c][j] for c in cols} for j in range(len(feats["input_ids"]))])
+    assert got.keys() == set(want.keys())
+    for k in got:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
