@@ -32,6 +32,9 @@ from study.bench import BackendPeak
 from study.storage import STORAGE_CONNECTIONS, open_optuna_storage
 
 pytestmark = pytest.mark.slow
+# Only a guard against a hung worker: every wait ends on a state (or a worker's exit), and
+# with a CPU hog on each core three smoke workers take many minutes.
+HUNG_S = 1800
 GRACE_S = 15  # generous: three trainings share two cores, a live heartbeat must not look dead
 # The connection budget (README, "Several machines"): a worker holds its Optuna storage's
 # pool and, while it opens the study, the schema lock's connection; the tracking server
@@ -113,7 +116,7 @@ def _worker(ws: Path, name: str, n: int, env: dict, url: str, study: str) -> sub
     return subprocess.Popen(cmd, cwd=ws, env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait(procs: dict[str, subprocess.Popen], ws: Path, timeout: float = 420) -> None:
+def _wait(procs: dict[str, subprocess.Popen], ws: Path, timeout: float = HUNG_S) -> None:
     deadline = time.time() + timeout
     for name, proc in procs.items():
         try:
@@ -126,7 +129,7 @@ def _wait(procs: dict[str, subprocess.Popen], ws: Path, timeout: float = 420) ->
 
 
 def _kill_mid_trial(victim: subprocess.Popen, storage, client, study: str,
-                    timeout: float = 300):
+                    timeout: float = HUNG_S):
     """SIGKILL the victim while one of its trials runs, and its MLflow run too.
 
     The victim is frozen first (SIGSTOP) and then checked: if its trial is still RUNNING in
@@ -161,8 +164,8 @@ def ws(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("servers-ws")
     for stage in ("prepare", "teacher"):
         cmd, env = study_command(stage)
-        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600,
-                             check=False)
+        res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
+                             timeout=HUNG_S, check=False)
         assert res.returncode == 0, res.stderr[-3000:]
     return root
 
