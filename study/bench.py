@@ -155,7 +155,13 @@ def _arm_from_study(cfg: Config, n_configs: int) -> dict:
     training is deterministic), so the main job's search measures its own pruner."""
     from study import design, search
 
-    study = search.load_study(cfg)  # refuses a study of other fixed settings
+    try:  # read only: no study is created where there is none
+        study = optuna.load_study(study_name=cfg.search.study_name,
+                                  storage=search.make_storage(cfg))
+    except KeyError:
+        raise StudyError(f"no study {cfg.search.study_name!r} in search.storage: run "
+                         f"`study search` first, or the arm without --from-study") from None
+    design.check_fixed_settings(study, cfg)
     recorded = study.user_attrs.get(design.SEARCH_ATTR)
     if recorded != design.search_settings(cfg):
         raise StudyError(f"study {study.study_name!r} was searched with {recorded}, not "

@@ -411,3 +411,9 @@ def test_pruning_bench_counts_the_steps_each_search_trained(ws):
     res = study_cli(ws, "bench", "--pruning", "--from-study", "--n-configs", "3", *same[4:],
                     "--set", "search.pruner=median", check=False)
     assert res.returncode == 2 and "was searched with" in res.stderr
+    # No study of that name: refused, and none is created.
+    res = study_cli(ws, "bench", "--pruning", "--from-study", "--n-configs", "3", *same[:4],
+                    "--set", "search.study_name=nowhere", "--set", "search.storage=sqlite:///fs.db",
+                    check=False)
+    assert res.returncode == 2 and "no study 'nowhere'" in res.stderr
+    assert "nowhere" not in optuna.get_all_study_names(f"sqlite:///{ws / 'fs.db'}")
