@@ -40,10 +40,18 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line, as every other refusal (`study <cmd>: error: ...`, exit 2);
+    `--help` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(prog="study", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="study", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -80,18 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("report", "regenerate reports/ (tables, figures) from the exported results")
     b = add("bench", "time plain fine-tuning vs live-teacher vs cached-teacher distillation")
     b.add_argument("--steps", type=int, default=None, help="training steps per variant")
-    b.add_argument("--pruning", action="store_true",
+    mode = b.add_mutually_exclusive_group()  # one measurement a call
+    mode.add_argument("--pruning", action="store_true",
                    help="instead: the same seeded search with and without the pruner")
-    b.add_argument("--fixed-cost", action="store_true",
+    mode.add_argument("--fixed-cost", action="store_true",
                    help="instead: per-trial fixed work (windows, teacher, cache key) at SQuAD's "
                         "size, before and after it was done once per data version")
-    b.add_argument("--input-pipeline", action="store_true",
+    mode.add_argument("--input-pipeline", action="store_true",
                    help="instead: the training dataloader, collation and cached-logit lookup at "
                         "32 x 384 with no model (batches/s)")
-    b.add_argument("--gpu", action="store_true",
+    mode.add_argument("--gpu", action="store_true",
                    help="instead (on a CUDA GPU): bare training loop vs the project's step, the "
                         "teacher pass rate and the GPU-busy share")
-    b.add_argument("--workers", type=int, default=None, metavar="N",
+    mode.add_argument("--workers", type=int, default=None, metavar="N",
                    help="instead: N `study search` workers on one new study in search.storage "
                         "(PostgreSQL): the peak number of database backends")
     b.add_argument("--n-configs", type=int, default=None,
@@ -99,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pruners", default=None,
                    help="with --pruning: comma-separated arms to run (default: none and "
                         "search.pruner); arms already in reports/bench.json are kept")
-    b.add_argument("--intervals", action="store_true",
+    mode.add_argument("--intervals", action="store_true",
                    help="instead: each interval method on simulated studies (false positives "
                         "and power at 3 and 5 seeds)")
     b.add_argument("--from-study", action="store_true",

@@ -68,3 +68,11 @@ def test_prepare_refuses_blank_answers_and_questions(tmp_path, monkeypatch, caps
     line = refused(capsys, "prepare", "--set", "data.source=local", "--set", f"data.path={data}")
     assert needle in line and "q-good" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["local.json"]
+
+
+def test_bench_takes_one_measurement_a_call(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--pruning", "--gpu", "--profile", "smoke"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit_.value.code == 2
+    assert lines == ["study bench: error: argument --gpu: not allowed with argument --pruning"]
