@@ -13,6 +13,7 @@ steps with the best `tune` F1 within 1 point of the unpruned search's.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -461,6 +462,8 @@ def input_pipeline(cfg: Config, batches: int = 600, batch_size: int = 32, length
         "full_length_batches": sum(s == length for s in shapes), "batches": batches,
         "batches_per_second": rate, "paths": rates, "target_batches_per_second": 480,
         "target_met": rate >= 480, "dataloader_num_workers": args.dataloader_num_workers,
+        # Other work on the machine slows both paths: the load it ran under, read at the end.
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "environment": {**git_state(), "versions": package_versions(), "device": device_name()},
     }}
     update_bench(cfg, doc)

@@ -220,6 +220,7 @@ def test_input_pipeline_bench_times_both_collation_paths(tmp_path):
     assert all(p["batches_per_second"] > 0 for p in doc["paths"].values())
     assert doc["batches_per_second"] == doc["paths"]["padded_windows"]["batches_per_second"]
     assert doc["target_met"] == (doc["batches_per_second"] >= 480)
+    assert doc["load_average_1min"] >= 0
 
 
 @pytest.mark.parametrize("tok", ["tokenizer", "distil_tokenizer"])
