@@ -133,8 +133,11 @@ def _kill_mid_trial(victim: subprocess.Popen, storage, client, study: str,
     """SIGKILL the victim while one of its trials runs, and its MLflow run too.
 
     The victim is frozen first (SIGSTOP) and then checked: if its trial is still RUNNING in
-    the study and its run RUNNING on the server, it is killed inside that trial; otherwise it
-    is let go and checked again. No timing luck either way.
+    the study, has no `tune_f1` recorded yet and its run is RUNNING on the server, it is killed
+    inside that trial; otherwise it is let go and checked again. No timing luck either way:
+    a trial records its scores before it ends its run, so without them no request to end the
+    run can be in flight (one sent just before the freeze would land after the kill and leave
+    the run FINISHED, as one full-suite run under load showed).
     """
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -151,6 +154,7 @@ def _kill_mid_trial(victim: subprocess.Popen, storage, client, study: str,
         for t in trials:
             if (t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(
                     f":{victim.pid}") and "mlflow_run_id" in t.user_attrs
+                    and "tune_f1" not in t.user_attrs
                     and client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "RUNNING"):
                 victim.send_signal(signal.SIGKILL)
                 victim.wait(timeout=30)
