@@ -209,21 +209,14 @@ def padded_windows(windows: Windows, tokenizer, columns: list[str] | None = None
 def padded_rows(ds, tokenizer, columns: list[str] | None = None) -> PaddedWindows:
     """The dataset's `columns` (default: all) padded as tokenizer.pad pads them (right side
     only: the side every tokenizer of this project uses)."""
-    if tokenizer.padding_side != "right":
-        raise ValueError(f"padded training windows pad on the right, not "
-                         f"{tokenizer.padding_side!r}")
-    pads = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
     table = ds.select_columns(list(columns or ds.column_names)).with_format("arrow")[:]
-    return _pad_table(table, {**_PAD, **pads})
+    return _pad_table(table, _pads(tokenizer))
 
 
 def pad_batch(rows: dict[str, list[list[int]]], tokenizer) -> dict[str, torch.Tensor]:
     """A batch of token columns (lists of ids) padded as DataCollatorWithPadding pads them,
     without its per-row conversions (the predictor's path: windows made on the fly)."""
-    pads = {**_PAD, "input_ids": tokenizer.pad_token_id,
-            "token_type_ids": tokenizer.pad_token_type_id}
-    if tokenizer.padding_side != "right":
-        raise ValueError(f"batches pad on the right, not {tokenizer.padding_side!r}")
+    pads = _pads(tokenizer)
     out = {}
     for name, col in rows.items():
         if pads.get(name) is None:
@@ -233,6 +226,16 @@ def pad_batch(rows: dict[str, list[list[int]]], tokenizer) -> dict[str, torch.Te
             a[j, :len(ids)] = ids
         out[name] = torch.from_numpy(a)
     return out
+
+
+def _pads(tokenizer) -> dict[str, int | None]:
+    """Each padded column's value past a window's end, as tokenizer.pad writes it (right side
+    only: the side every tokenizer of this project uses)."""
+    if tokenizer.padding_side != "right":
+        raise ValueError(f"padded training windows pad on the right, not "
+                         f"{tokenizer.padding_side!r}")
+    return {**_PAD, "input_ids": tokenizer.pad_token_id,
+            "token_type_ids": tokenizer.pad_token_type_id}
 
 
 def _pad_table(table, pads: dict[str, int | None]) -> PaddedWindows:
