@@ -8,7 +8,10 @@ first) with no pruning and with each pruner asked for: training steps, wall time
 curve, best `tune` F1 and its dev F1, into the `pruning` section of reports/bench.json. Over
 the unpruned arm's complete trials, the rank correlation between each evaluation round's
 `tune` F1 and the final one says where a pruner can decide. Target: >= 30% fewer training
-steps with the best `tune` F1 within 1 point of the unpruned search's.
+steps with the best `tune` F1 within 1 point of the unpruned search's. A pruned search also
+samples other configurations once the sampler sees pruned trials, so besides the arms run, each
+configurable pruner and first rung is replayed on the unpruned arm's own configurations and
+curves (`same_configurations`): the pruner's effect alone.
 """
 
 from __future__ import annotations
@@ -219,19 +222,22 @@ def pruning(cfg: Config, n_configs: int | None = None, pruners: list[str] | None
     if from_study:
         arms[label] = _arm_from_study(cfg, n_configs)
         pruners = []
-    section = _pruning_section(key, arms)
+    section = _pruning_section(cfg, key, arms)
     update_bench(cfg, {"pruning": section})
     with tempfile.TemporaryDirectory() as tmp:
         for name in pruners:
             label = name if name == "none" else f"{name}@{cfg.search.pruner_warmup_rounds}"
             arms[label] = _search_once(cfg, name, n_configs, Path(tmp))
-            section = _pruning_section(key, arms)
+            section = _pruning_section(cfg, key, arms)
             update_bench(cfg, {"pruning": section})  # each arm is kept as soon as it ends
     for c in section["comparisons"]:
         print(f"pruning ({c['arm']}): {c['training_steps']} training steps vs "
               f"{c['unpruned_training_steps']} without ({c['training_steps_saved']:.0%} saved), "
               f"best tune F1 {c['best_tune_f1']:.2f} vs {c['unpruned_best_tune_f1']:.2f}"
               f" (target met: {c['target_met']})")
+    for c in section["same_configurations"]:
+        print(f"on the unpruned arm's configurations, {c['arm']}: {c['training_steps_saved']:.0%}"
+              f" fewer steps, best tune F1 {c['best_tune_f1']:.2f} (target met: {c['target_met']})")
     for rc in section["rank_correlation"]:
         print(f"round {rc['round']}: Spearman {rc['spearman']:+.2f} with the final tune F1, "
               f"eventual best ranked {rc['best_rank']} of {rc['trials']}")
@@ -241,24 +247,77 @@ def pruning(cfg: Config, n_configs: int | None = None, pruners: list[str] | None
 PRUNING_TARGET = {"training_steps_saved_at_least": 0.30, "best_tune_f1_within": 1.0}
 
 
-def _pruning_section(key: dict, arms: dict) -> dict:
-    off = arms.get("none")
-    comparisons = []
-    for label, on in arms.items():
-        if label == "none" or off is None:
-            continue
-        saved = 1 - on["training_steps"] / off["training_steps"]
-        change = on["best_tune_f1"] - off["best_tune_f1"]
-        comparisons.append({
-            "arm": label, "training_steps": on["training_steps"],
-            "unpruned_training_steps": off["training_steps"],
+def replay(trials: list[dict], pruner: optuna.pruners.BasePruner, study_name: str,
+           steps_per_round: int) -> dict:
+    """`pruner` run over complete curves already measured (the unpruned arm's), in their order:
+    which configurations it stops, at which round, and the steps it would have trained.
+    Training is deterministic, so a pruned trial's rounds are the unpruned ones up to its stop:
+    this is the pruned search on the same configurations, without the sampler's reaction to
+    pruned trials (which makes a real pruned search sample other configurations)."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # nine replays: no "study created" lines
+    try:
+        study = optuna.create_study(study_name=study_name, pruner=pruner, direction="maximize",
+                                    storage=optuna.storages.InMemoryStorage())
+    finally:
+        optuna.logging.set_verbosity(level)
+    steps, kept, stopped = 0, [], []
+    for t in trials:
+        trial = study.ask()
+        for r, value in enumerate(t["rounds"], start=1):
+            trial.report(value, step=r)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                steps += min(r * steps_per_round, t["steps"])
+                stopped.append({"number": t["number"], "round": r})
+                break
+        else:
+            study.tell(trial, t["tune_f1"])
+            steps += t["steps"]
+            kept.append(t)
+    best = max(kept, key=lambda t: t["tune_f1"])
+    return {"training_steps": steps, "best_trial": best["number"],
+            "best_tune_f1": best["tune_f1"], "stopped": stopped}
+
+
+def same_configurations(cfg: Config, off: dict, warmups: range = range(1, 4)) -> list[dict]:
+    """Every configurable pruner and first rung replayed on the unpruned arm's configurations
+    (`replay`), against the pruning target: the pruner's own effect, sampler path left out."""
+    from study import search
+
+    spec = cfg.student.train
+    done = [t for t in off["trials"] if t["state"] == "COMPLETE"]
+    per_round = round(done[0]["steps"] / spec.epochs) // max(1, spec.evals_per_epoch)
+    rows = []
+    for name in [p for p in search.PRUNERS if p != "none"]:
+        for w in warmups:
+            pruner = search.make_pruner(cfg.replace(search={"pruner": name,
+                                                            "pruner_warmup_rounds": w}))
+            r = replay(done, pruner, f"bench-pruning-{name}", per_round)
+            rows.append({"arm": f"{name}@{w}", **_against_target(r, off)})
+    return rows
+
+
+def _against_target(on: dict, off: dict) -> dict:
+    saved = 1 - on["training_steps"] / off["training_steps"]
+    change = on["best_tune_f1"] - off["best_tune_f1"]
+    return {**on, "unpruned_training_steps": off["training_steps"],
             "training_steps_saved": round(saved, 4),
-            "best_tune_f1": on["best_tune_f1"], "unpruned_best_tune_f1": off["best_tune_f1"],
+            "unpruned_best_tune_f1": off["best_tune_f1"],
             "best_tune_f1_change": round(change, 4),
             "target_met": bool(saved >= PRUNING_TARGET["training_steps_saved_at_least"]
-                               and change >= -PRUNING_TARGET["best_tune_f1_within"])})
+                               and change >= -PRUNING_TARGET["best_tune_f1_within"])}
+
+
+def _pruning_section(cfg: Config, key: dict, arms: dict) -> dict:
+    off = arms.get("none")
+    comparisons = [
+        {"arm": label, **_against_target({k: on[k] for k in ("training_steps", "best_trial",
+                                                            "best_tune_f1")}, off)}
+        for label, on in arms.items() if label != "none" and off is not None]
     return {**key, "arms": arms, "target": PRUNING_TARGET, "comparisons": comparisons,
-            "rank_correlation": rank_correlations(off["trials"]) if off else []}
+            "rank_correlation": rank_correlations(off["trials"]) if off else [],
+            "same_configurations": same_configurations(cfg, off) if off else []}
 
 
 # --------------------------------------------------------------------------- intervals

@@ -387,6 +387,11 @@ def test_pruning_bench_counts_the_steps_each_search_trained(ws):
     assert all(-1 <= r["spearman"] <= 1 and r["trials"] == 3 for r in p["rank_correlation"])
     # The same seeded sampler: the first configuration (the authors' setting) is shared.
     assert on["trials"][0]["params"] == off["trials"][0]["params"]
+    # Every configurable pruner and first rung, replayed on the unpruned arm's configurations.
+    assert [r["arm"] for r in p["same_configurations"]] == [
+        f"{n}@{w}" for n in ("median", "successive_halving", "hyperband") for w in (1, 2, 3)]
+    assert all(r["unpruned_training_steps"] == off["training_steps"]
+               for r in p["same_configurations"])
 
     # Adding an arm keeps the arms already measured under the same settings.
     study_cli(ws, "bench", "--pruning", "--n-configs", "3", "--pruners", "median",
