@@ -287,6 +287,8 @@ def same_configurations(cfg: Config, off: dict, warmups: range = range(1, 4)) ->
 
     spec = cfg.student.train
     done = [t for t in off["trials"] if t["state"] == "COMPLETE"]
+    if not done:  # every unpruned trial failed: no curve to replay
+        return []
     per_round = round(done[0]["steps"] / spec.epochs) // max(1, spec.evals_per_epoch)
     rows = []
     for name in [p for p in search.PRUNERS if p != "none"]:
