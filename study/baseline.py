@@ -21,7 +21,7 @@ def student_params(cfg: Config, seed: int) -> dict:
 
 
 def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: dict | None = None,
-                   save: bool = True) -> Fitted:
+                   save: bool = True, callbacks=()) -> Fitted:
     _, hashes = load_splits(cfg)
     model, tokenizer = build_student(cfg.student, seed)
     tracker = Tracker(cfg)
@@ -29,7 +29,7 @@ def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: d
                      split_hashes=hashes) as handle:
         handle.log_dict(cfg.to_dict(), "config.json")
         return fit(cfg, role="baseline", model=model, tokenizer=tokenizer, spec=cfg.student.train,
-                   out_dir=out_dir, handle=handle, seed=seed, save=save)
+                   out_dir=out_dir, handle=handle, seed=seed, save=save, callbacks=callbacks)
 
 
 def run(cfg: Config) -> dict:

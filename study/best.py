@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from study import dvc_metrics
+from study import dvc_metrics, parallel
 from study import search as search_stage
 from study.config import Config
 from study.distill import distill_student
@@ -113,7 +113,7 @@ def run(cfg: Config) -> dict:
         raise StudyError(f"study {study.study_name!r} has no complete trial: run `study search` first") from None
     summary = search_stage.summarise(study)
     params = dict(best.params)
-    tcfg = search_stage.trial_config(cfg, params)
+    tcfg = parallel.trainee(search_stage.trial_config(cfg, params))  # as the trial trained
     tracker = Tracker(cfg)
     parent = study.user_attrs.get(search_stage.PARENT_ATTR)
     layout = Layout.of(cfg)

@@ -4,7 +4,8 @@
                                    # through `dvc repro`, so dvc.lock records it)
     study run --profile smoke      # the same in seconds, on a few questions
     study distill --temperature 4 --alpha-ce 0.7 --alpha-squad 0.3
-    study search --n-trials 20     # add trials to the Optuna study
+    study search                   # complete the Optuna study to search.n_trials configurations
+    study search --n-trials 20     # add 20 configurations to it
     study predict --model artifacts/default/best/model --data questions.jsonl
     study ui                       # MLflow UI on the project's store, 127.0.0.1 only
 """
@@ -66,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--alpha-squad", type=float, help="weight of the gold-span CE term, in [0, 1]")
     d.add_argument("--teacher-logits", choices=["cache", "live"],
                    help="cached teacher logits (default) or a live teacher forward each step")
-    s = add("search", "Optuna study over temperature and loss weights, tracked in MLflow")
-    s.add_argument("--n-trials", type=int, help="trials to add in this session")
-    s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    s = add("search", "Optuna study over temperature and loss weights, tracked in MLflow: "
+                      "completes the study to search.n_trials configurations")
+    s.add_argument("--n-trials", type=int, help="instead: add this many configurations")
+    s.add_argument("--timeout", type=float, help="stop starting batches after this many "
+                   "seconds (interactive: a cut search says so in its summary and report)")
     s.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
                    "journal:PATH), or env:VAR / file:PATH holding one (keeps a password out of logs)")
     s.add_argument("--study-name", help="Optuna study name")

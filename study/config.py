@@ -214,8 +214,14 @@ class SearchConfig(Section):
     # Any Optuna storage: an SQLAlchemy URL (sqlite:///..., postgresql://...) or
     # journal:PATH for Optuna's file journal. Relative sqlite paths are from the cwd.
     storage: Url = "sqlite:///artifacts/{profile}/search/optuna.db"
+    # Configurations the study holds when the `search` stage ends: the stage completes the
+    # study to this count (a bound by count, never by the clock; `study search --timeout`
+    # is an interactive flag, recorded when it cuts a session short).
     n_trials: Int = Field(8, ge=1)
-    timeout: Float | None = Field(None, gt=0)
+    # Configurations asked together (Optuna's ask-and-tell), trained side by side and told
+    # in trial-number order; a trial is pruned only against trials of earlier batches. So
+    # the sampler and the pruner see the same history whichever training finishes first.
+    batch: Int = Field(2, ge=1)
     sampler_seed: Int = 42
     n_startup_trials: Int = 3
     temperature: Range = Range(low=1.0, high=20.0, log=True)
@@ -237,6 +243,10 @@ class SearchConfig(Section):
             _rule(0 <= r.low and r.high <= 1, name, "must lie in [0, 1]")
         _rule(self.grace_period > self.heartbeat_interval, "grace_period",
               "must exceed heartbeat_interval")
+        # Hyperband prunes within brackets read straight from the storage: it cannot be held
+        # to the trials of earlier batches, so its decisions would depend on timing.
+        _rule(self.batch == 1 or self.pruner != "hyperband", "batch",
+              "must be 1 with the hyperband pruner")
         return self
 
 
@@ -264,7 +274,15 @@ class RuntimeConfig(Section):
     # Mixed precision only applies on CUDA; the CPU always trains in fp32.
     mixed_precision: Annotated[Literal["auto", "no", "fp16", "bf16"],
                                BeforeValidator(_yaml_word)] = "auto"
-    threads: Int = Field(0, ge=0)  # 0: torch's default
+    # torch threads of a training that runs alone (teacher, baseline, distill). A setting
+    # that decides numbers (the thread count changes the low bits of a reduction), so a
+    # fixed number, never the machine's core count.
+    threads: Int = Field(2, ge=1)
+    # Trainings side by side in the stages that train several (search batches, seeds), each
+    # in its own process with `process_threads` torch threads. How many run at once changes
+    # no number; `process_threads` does.
+    processes: Int = Field(2, ge=1)
+    process_threads: Int = Field(1, ge=1)
     artifacts: str = "artifacts/{profile}"
     reports: str = "reports"
 

@@ -41,6 +41,26 @@ def distill_student(cfg: Config, out_dir: Path, seed: int, handle: RunHandle,
                teacher_dir=teacher_dir, callbacks=callbacks, save=save, handle=handle)
 
 
+def prepare_caches(cfg: Config) -> None:
+    """What the trainings of `cfg` read and the first one would otherwise make: the student's
+    windows and, when they are cached, the teacher's logits on them. Made once before the
+    search's or the seeds' trainings start (side by side or not), not by each at once, and
+    with `runtime.threads`, as the `distill` stage makes them: the logits' low bits do not
+    depend on how many trainings run at once."""
+    from study.fit import apply_runtime, data_windows, device, teacher_logits
+    from study.modeling import student_tokenizer
+
+    apply_runtime(cfg)
+
+    tokenizer = student_tokenizer(cfg.student)
+    _, _, windows = data_windows(cfg, tokenizer)
+    d = cfg.distill
+    if d.teacher_logits == "cache":
+        _, _, teacher_dir = teacher_stage.load_trained(cfg)
+        teacher_logits(cfg, d, lambda: teacher_stage.load_trained(cfg)[0], teacher_dir,
+                       tokenizer, windows, device(cfg))
+
+
 @contextmanager
 def distill_run(cfg: Config, seed: int, run_name: str, role: str = "distill",
                 tags: dict | None = None) -> Iterator[RunHandle]:

@@ -24,7 +24,7 @@ from study.postprocess import postprocess_predictions
 from study.qa import QASettings, QuestionAnswerer
 from study.results import write_stage_metrics
 from study.tracking import MlflowLogCallback, RunHandle
-from study.teacher_logits import build_or_load
+from study.teacher_logits import TeacherLogitCache, build_or_load
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
 from study.windows import PadToLongest, Windows, load_windows, padded_windows
 
@@ -140,18 +140,24 @@ def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, wind
         return QuestionAnsweringTrainer(**common), 0.0
     logits, t0 = None, time.time()
     if distill.alpha_ce > 0 and distill.teacher_logits == "cache":
-        d = cfg.data
-        logits = build_or_load(teacher, teacher_dir, tokenizer, windows.train,
-                               root=Layout.of(cfg).teacher_cache, max_length=d.max_length,
-                               doc_stride=d.doc_stride, batch_size=cfg.eval.batch_size,
-                               device=args.device, dtype=distill.cache_dtype,
-                               features_key=windows.key,
-                               precision=cfg.runtime.mixed_precision).place(args.device)
+        logits = teacher_logits(cfg, distill, teacher, teacher_dir, tokenizer, windows,
+                                args.device).place(args.device)
     live = teacher() if (logits is None and distill.alpha_ce > 0) else None
     trainer = DistillationTrainer(
         **common, teacher=live, teacher_logits=logits, temperature=distill.temperature,
         alpha_ce=distill.alpha_ce, alpha_squad=distill.alpha_squad)
     return trainer, time.time() - t0
+
+
+def teacher_logits(cfg: Config, distill: DistillConfig, teacher, teacher_dir: Path | None,
+                   tokenizer, windows: Windows, device) -> TeacherLogitCache:
+    """The teacher's cached logits on the train windows (made on a miss)."""
+    d = cfg.data
+    return build_or_load(teacher, teacher_dir, tokenizer, windows.train,
+                         root=Layout.of(cfg).teacher_cache, max_length=d.max_length,
+                         doc_stride=d.doc_stride, batch_size=cfg.eval.batch_size, device=device,
+                         dtype=distill.cache_dtype, features_key=windows.key,
+                         precision=cfg.runtime.mixed_precision)
 
 
 def score(cfg: Config, model, tokenizer, splits: dict[str, list[dict]], windows: Windows,

@@ -9,7 +9,7 @@
         seeds/runs.json  every seed training of `study seeds`, scored per dev question
         teacher_cache/   teacher logits, keyed by what they depend on
         windows/         tokenised windows, cached per data version
-    reports/             metrics.json trials.csv curves.csv importances.json seeds.json
+    reports/             metrics.json trials.csv search.json curves.csv importances.json seeds.json
                          bench.json report.md figures/ plots/history.csv metrics/<row>.json
 
 A folder's names hold wherever it lies: a stage writes into a staging folder
@@ -85,6 +85,11 @@ class ReportFiles:
     @property
     def trials(self) -> Path:
         return self.root / "trials.csv"
+
+    @property
+    def search(self) -> Path:
+        """The search's summary (results.SearchSummary), beside trials.csv."""
+        return self.root / "search.json"
 
     @property
     def curves(self) -> Path:
@@ -193,7 +198,7 @@ class Layout:
             "baseline": StageIO((self.data.root,), (self.baseline.root,)),
             "distill": StageIO((self.data.root, self.teacher.root), (self.distill.root,)),
             "search": StageIO((self.data.root, self.teacher.root),
-                              (self.search.root, self.teacher_cache, r.trials)),
+                              (self.search.root, self.teacher_cache, r.trials, r.search)),
             "best": StageIO((self.data.root, self.search.root, self.teacher.root,
                              self.baseline.root),
                             (self.best.root, r.metrics, r.curves, r.importances)),

@@ -167,18 +167,25 @@ def student_from_layers(source: BertForQuestionAnswering, layers: tuple[int, ...
     return student
 
 
+def student_tokenizer(cfg: StudentConfig):
+    """The student's tokenizer (its windows and cache keys are made with it)."""
+    if cfg.layers is None:
+        return load_tokenizer(cfg.init)
+    return load_tokenizer(cfg.init, cfg.architecture)
+
+
 def build_student(cfg: StudentConfig, seed: int):
     """(model, tokenizer) for the student's starting point; the QA head is seeded."""
     transformers.set_seed(seed)
     if cfg.layers is None:
-        return load_qa_model(cfg.init), load_tokenizer(cfg.init)
+        return load_qa_model(cfg.init), student_tokenizer(cfg)
     source = load_qa_model(cfg.init)
     if not isinstance(source, BertForQuestionAnswering):
         raise StudyError(f"student.layers needs a BERT checkpoint to take layers from; "
                          f"{cfg.init} is {source.config.model_type!r} (set student.layers: null)")
     transformers.set_seed(seed)
     student = student_from_layers(source, cfg.layers, cfg.architecture)
-    return student, load_tokenizer(cfg.init, cfg.architecture)
+    return student, student_tokenizer(cfg)
 
 
 def save_model(model, tokenizer, out_dir: Path) -> None:

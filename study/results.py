@@ -127,7 +127,17 @@ class RegisteredModel(BaseModel):
 
 
 class SearchSummary(BaseModel):
+    """The study's state (reports/search.json, beside trials.csv; `search` in metrics.json).
+    `n_trials` counts trial records (a configuration re-run after an interruption has two);
+    `configurations` the configurations finished, `target` those asked for, and `stopped`
+    says in words why a session ended before its target (a time bound, a Ctrl-C, a lost
+    database), so nobody reads a cut search as a whole one."""
+
     study_name: Any = "unknown"
+    configurations: int | None = None
+    target: int | None = None
+    stopped_by: str | None = None
+    stopped: str | None = None
     n_trials: int
     n_complete: int
     n_pruned: int
@@ -264,6 +274,7 @@ class TrialRow(BaseModel):
 
     number: int
     state: str
+    slot: int | None = None  # the configuration's place in the study (a re-run keeps it)
     temperature: float | None
     alpha_ce: float | None
     alpha_squad: float | None
@@ -358,6 +369,12 @@ def _read_doc(schema: type[Doc], path: Path, stage: str, hint: str) -> Doc:
 # ---------------------------------------------------------------- JSON documents
 def write_stage_metrics(path: Path, doc: StageMetrics | Mapping[str, Any]) -> StageMetrics:
     model = to_write(StageMetrics, doc, str(path))
+    write_json(path, model.model_dump())
+    return model
+
+
+def write_search_summary(path: Path, doc: SearchSummary | Mapping[str, Any]) -> SearchSummary:
+    model = to_write(SearchSummary, doc, str(path))
     write_json(path, model.model_dump())
     return model
 

@@ -5,23 +5,27 @@ seeds x questions matrix; every interval (each arm's mean, each paired differenc
 recovered) treats seeds and questions as random (study.intervals), and the paired ones use
 the same seeds and the same questions in both arms.
 
-`study seeds --add N` trains N more seeds and recomputes every interval over all of them,
-without re-training the seeds already recorded (artifacts/<profile>/seeds/runs.json).
+Every training is recorded in artifacts/<profile>/seeds/runs.json as it finishes, and only the
+trainings missing there are trained (after an interruption, or for seeds added with
+`study seeds --add N`); trainings run side by side (study.parallel) in
+`runtime.processes` processes, each keyed by arm and seed, so the order they finish in
+reaches no number.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
 
-from study import design, dvc_metrics, intervals
+from study import design, dvc_metrics, intervals, parallel
 from study import search as search_stage
 from study.baseline import train_baseline
 from study.config import Config
-from study.distill import distill_run, distill_student
+from study.distill import distill_run, distill_student, prepare_caches
 from study.errors import StudyError
 from study.files import read_json, write_json
 from study.fit import load_splits
@@ -35,6 +39,8 @@ COMPARISONS = {"authors_minus_baseline": ("baseline", "authors"),
                "distilled_minus_authors": ("authors", "distilled"),
                "distilled_minus_baseline": ("baseline", "distilled")}
 CALIBRATION_STUDIES = 1000
+# The modules a seed training runs: recorded trainings made by other code are not pooled.
+TRAINING_CODE = (*design.SEARCH_CODE, "baseline.py", "seeds.py")
 
 
 def arms(cfg: Config, best: optuna.trial.FrozenTrial) -> dict[str, dict | None]:
@@ -42,24 +48,49 @@ def arms(cfg: Config, best: optuna.trial.FrozenTrial) -> dict[str, dict | None]:
     return {"baseline": None, "authors": design.authors_params(cfg), "distilled": dict(best.params)}
 
 
-def train_arm(cfg: Config, arm: str, params: dict | None, seed: int, tags: dict) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class Training:
+    """One (arm, seed) training, as a training process receives it (picklable)."""
+
+    cfg: Config
+    arm: str
+    params: dict | None
+    seed: int
+    tags: dict
+    qids: tuple[str, ...]
+
+
+def train_arm(job: Training, callbacks=()) -> tuple[dict, dict]:
     """Train one arm with one seed; its metrics document and dev predictions. No evaluation
     during training: nothing here reads a learning curve or prunes."""
-    cfg = cfg.replace(student={"train": {"evals_per_epoch": 0}})
+    cfg = parallel.trainee(job.cfg).replace(student={"train": {"evals_per_epoch": 0}})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        name = f"seed-{seed}-{arm}"
-        if params is None:
-            fitted = train_baseline(cfg, out, seed, name, tags=tags, save=False)
+        name = f"seed-{job.seed}-{job.arm}"
+        if job.params is None:
+            fitted = train_baseline(cfg, out, job.seed, name, tags=job.tags, save=False,
+                                    callbacks=callbacks)
         else:
-            tcfg = search_stage.trial_config(cfg, params)
-            role = f"seed-{arm}"
-            with distill_run(tcfg, seed, name, role=role, tags=tags) as handle:
-                fitted = distill_student(tcfg, out, seed, handle, role=role, save=False)
+            tcfg = search_stage.trial_config(cfg, job.params)
+            role = f"seed-{job.arm}"
+            with distill_run(tcfg, job.seed, name, role=role, tags=job.tags) as handle:
+                fitted = distill_student(tcfg, out, job.seed, handle, role=role, save=False,
+                                         callbacks=callbacks)
     return fitted.doc, fitted.predictions["dev"]
 
 
+def _train(job: Training) -> dict:
+    """A training, here or in a training process: its record for runs.json."""
+    doc, preds = train_arm(job, callbacks=[parallel.StopWhenAsked()])
+    splits, _ = load_splits(job.cfg)
+    return _record(doc, preds, references_of(splits["dev"]), list(job.qids))
+
+
 # ------------------------------------------------------------------ the recorded trainings
+def references_of(records: list[dict]) -> dict[str, list[str]]:
+    return {r["id"]: list(r["answers"]["text"]) for r in records}
+
+
 def _record(doc: dict, preds: dict, refs: dict, qids: list[str]) -> dict:
     scores = per_question(preds, refs)
     return {"exact_match": doc["dev"]["exact_match"], "f1": doc["dev"]["f1"],
@@ -69,36 +100,54 @@ def _record(doc: dict, preds: dict, refs: dict, qids: list[str]) -> dict:
 
 
 def _identity(cfg: Config, best: optuna.trial.FrozenTrial, settings: dict, qids: list[str]) -> dict:
-    """What recorded trainings must share to be pooled with new ones."""
+    """What recorded trainings must share to be pooled with new ones: the arms, the fixed
+    settings (a training's thread count among them), the questions and the training code."""
     return {"trial": best.number, "arms": settings, "fixed_settings": design.fixed_settings(cfg),
-            "questions": qids}
+            "questions": qids, "code": design.code_fingerprint(TRAINING_CODE)}
 
 
-def load_runs(cfg: Config, identity: dict) -> dict[str, dict[str, dict]]:
-    """The recorded trainings (arm -> seed -> record), refused if made under other settings."""
+def load_runs(cfg: Config, identity: dict, required: bool) -> dict[str, dict[str, dict]]:
+    """The recorded trainings (arm -> seed -> record). Made under other settings or code,
+    they are refused when `required` (--add pools with them) and else left for new ones."""
     path = Layout.of(cfg).seed_runs
+    if not path.exists() and not required:
+        return {}
     doc = read_json(path, "recorded seed trainings", "run `study seeds` first (without --add)")
     differ = [k for k in identity if doc.get(k) != identity[k]]
-    if differ:
+    if differ and required:
         raise StudyError(f"{path} was recorded for another study ({', '.join(differ)} differ): "
                          f"run `study seeds` without --add to re-train every seed")
+    if differ:
+        print(f"{path} was recorded for another study ({', '.join(differ)} differ): "
+              "training every seed", flush=True)
+        return {}
     return doc["runs"]
 
 
 def train_seeds(cfg: Config, settings: dict, seeds: list[int], best_number: int,
-                refs: dict, qids: list[str]) -> dict[str, dict[str, dict]]:
-    runs: dict[str, dict[str, dict]] = {arm: {} for arm in settings}
-    tags = {"seeds_of_trial": best_number}
-    for seed in seeds:
-        for arm, params in settings.items():
-            if arm == "distilled" and params == settings["authors"]:
-                # The search found the authors' setting: the same training, not run twice.
-                runs[arm][str(seed)] = runs["authors"][str(seed)]
-            else:
-                doc, preds = train_arm(cfg, arm, params, seed, {**tags, "arm": arm})
-                runs[arm][str(seed)] = _record(doc, preds, refs, qids)
-            r = runs[arm][str(seed)]
-            print(f"seed {seed} {arm}: dev EM/F1 {r['exact_match']:.2f}/{r['f1']:.2f}", flush=True)
+                qids: list[str], runs: dict[str, dict[str, dict]], identity: dict
+                ) -> dict[str, dict[str, dict]]:
+    """Every (arm, seed) of `seeds` missing from `runs`, trained side by side; each recorded
+    in runs.json as it finishes, so an interruption loses only the trainings under way."""
+    runs = {arm: dict(runs.get(arm, {})) for arm in settings}
+    same = settings["distilled"] == settings["authors"]  # the search found the authors' setting
+    trained = [a for a in settings if not (same and a == "distilled")]
+    jobs = [Training(cfg, arm, settings[arm], seed, {"seeds_of_trial": best_number, "arm": arm},
+                     tuple(qids))
+            for seed in seeds for arm in trained if str(seed) not in runs[arm]]
+    path = Layout.of(cfg).seed_runs
+    if jobs:
+        prepare_caches(cfg)  # made once, not by each training at once
+    with parallel.SideBySide(min(cfg.runtime.processes, max(1, len(jobs))),
+                             cfg.runtime.process_threads) as pool:
+        for i, record in pool.completed(_train, jobs):
+            job = jobs[i]
+            runs[job.arm][str(job.seed)] = record
+            write_json(path, {**identity, "runs": runs})
+            print(f"seed {job.seed} {job.arm}: dev EM/F1 {record['exact_match']:.2f}/"
+                  f"{record['f1']:.2f}", flush=True)
+    if same:
+        runs["distilled"] = {str(s): runs["authors"][str(s)] for s in seeds}
     return runs
 
 
@@ -197,21 +246,22 @@ def run(cfg: Config, add: int | None = None) -> dict:
         raise StudyError("no complete trial to re-train: run `study search` first") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     splits, _ = load_splits(cfg)
-    refs = {r["id"]: list(r["answers"]["text"]) for r in splits["dev"]}
+    refs = references_of(splits["dev"])
     qids = sorted(refs)
     settings = arms(cfg, best)
     identity = _identity(cfg, best, settings, qids)
     layout = Layout.of(cfg)
+    recorded = load_runs(cfg, identity, required=add is not None)
+    seeds = list(cfg.seeds.values)
     if add:
-        runs = load_runs(cfg, identity)
-        last = max([int(s) for s in runs["baseline"]] + list(cfg.seeds.values))
-        new = list(range(last + 1, last + 1 + add))
-        more = train_seeds(cfg, settings, new, best.number, refs, qids)
-        runs = {arm: {**runs[arm], **more[arm]} for arm in settings}
-    else:
-        runs = train_seeds(cfg, settings, list(cfg.seeds.values), best.number, refs, qids)
+        last = max([int(s) for s in recorded.get("baseline", {})] + seeds)
+        seeds += list(range(last + 1, last + 1 + add))
+    runs = train_seeds(cfg, settings, seeds, best.number, qids, recorded, identity)
     write_json(layout.seed_runs, {**identity, "runs": runs})
-    result = summarise(runs, settings, best.number, best.params, _teacher_f1(cfg, refs, qids),
+    # The intervals are over the seeds asked for (seeds.values, and those --add added), not
+    # whatever else runs.json holds.
+    used = {arm: {str(s): r[str(s)] for s in seeds} for arm, r in runs.items()}
+    result = summarise(used, settings, best.number, best.params, _teacher_f1(cfg, refs, qids),
                        cfg.seeds.bootstrap_samples, cfg.seed)
     write_seeds(layout.reports.seeds, result)
     dvc_metrics.write(layout.reports, dvc_metrics.of_seeds(result))

@@ -22,6 +22,7 @@ from study.errors import StudyError
 
 SQLITE = "sqlite:///"
 LOCK_WAIT_S = 120  # creating a schema takes well under a second; this only bounds a hang
+SQLITE_WAIT_S = 60  # a writer holds SQLite's lock for milliseconds; this bounds a busy machine
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -47,6 +48,25 @@ def absolute_sqlite(url: str) -> str:
     """
     db = sqlite_path(url)
     return f"{SQLITE}{db.resolve()}" if db is not None and not db.is_absolute() else url
+
+
+def _busy_timeout(dbapi_connection, connection_record) -> None:
+    import sqlite3
+
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_WAIT_S * 1000}")
+
+
+def wait_for_sqlite_locks() -> None:
+    """Every SQLite connection this process opens through SQLAlchemy waits for another
+    writer's lock (up to SQLITE_WAIT_S) instead of failing with "database is locked": MLflow
+    opens its store with the driver's 5 s default, and a search's training processes and
+    their parent write to one store together, on a machine that may be busy."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _busy_timeout):
+        event.listen(Engine, "connect", _busy_timeout)
 
 
 def _lock_key(url: str) -> int:
@@ -139,7 +159,7 @@ def storage_engine_kwargs(url: str) -> dict[str, Any]:
     """SQLAlchemy engine arguments for the Optuna storage at `url`."""
     if sqlite_path(url) is not None:
         # Several local workers share one file: wait for SQLite's write lock, do not fail.
-        return {"connect_args": {"timeout": 60}}
+        return {"connect_args": {"timeout": SQLITE_WAIT_S}}
     kwargs: dict[str, Any] = {"pool_size": STORAGE_CONNECTIONS, "max_overflow": 0,
                               "pool_timeout": POOL_WAIT_S, "pool_pre_ping": True}
     if url.startswith("postgresql"):

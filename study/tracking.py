@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 from study.config import Config
 from study.errors import StudyError
 from study.layout import Layout
-from study.storage import absolute_sqlite, redact, redact_in, schema_lock
+from study.storage import absolute_sqlite, redact, redact_in, schema_lock, wait_for_sqlite_locks
 
 PARENT_TAG = "mlflow.parentRunId"
 # Where a SQLite store records artifact locations (MLflow 3's schema): rewritten together
@@ -256,6 +256,7 @@ class Tracker:
 
         self.cfg = cfg
         uri = absolute_sqlite(cfg.tracking.uri)
+        wait_for_sqlite_locks()
         if not uri.startswith(("sqlite:", "http:", "https:", "file:", "databricks")) and "://" in uri:
             for key, value in MLFLOW_POOL_ENV.items():
                 os.environ.setdefault(key, value)

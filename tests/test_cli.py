@@ -172,6 +172,26 @@ def test_bench_gpu_without_a_gpu_says_it_needs_one(tmp_path):
     assert not (tmp_path / SMOKE.reports.bench).exists()
 
 
+def test_seeds_trains_only_what_runs_json_lacks_two_at_a_time(full_run):
+    """After an interruption (here: two recorded trainings removed), `seeds` trains only the
+    missing ones, side by side in two processes, and every number comes out as before."""
+    before = json.loads((full_run / SMOKE.reports.seeds).read_text())
+    recorded = json.loads((full_run / SMOKE.seed_runs).read_text())
+    del recorded["runs"]["baseline"]["1"], recorded["runs"]["authors"]["3"]
+    (full_run / SMOKE.seed_runs).write_text(json.dumps(recorded))
+    proc = ok(study(full_run, "seeds", "--set", "runtime.processes=2"))
+    trained = sorted(line.split(":")[0] for line in proc.stdout.splitlines()
+                     if line.startswith("seed "))
+    assert trained == ["seed 1 baseline", "seed 3 authors"]
+    after = json.loads((full_run / SMOKE.reports.seeds).read_text())
+    for arm in ("baseline", "authors", "distilled"):
+        assert after[arm]["f1"] == before[arm]["f1"], arm
+        assert after[arm]["exact_match"] == before[arm]["exact_match"], arm
+    for name, diff in after["paired"].items():
+        assert (diff["f1_diff"], diff["ci95"]) == (before["paired"][name]["f1_diff"],
+                                                  before["paired"][name]["ci95"]), name
+
+
 def test_seeds_add_trains_only_the_new_seeds_and_pools_them(full_run):
     # Last in this module: it adds a seed to the main job's result.
     before = json.loads((full_run / SMOKE.reports.seeds).read_text())

@@ -3,6 +3,8 @@ settings are recorded at creation and enforced on every later session (in-memory
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -63,5 +65,58 @@ def test_what_the_search_varies_or_how_it_runs_is_not_fixed(params_path, smoke):
     keys = design.fixed_settings(smoke)
     assert {"seed", "data.max_length", "student.layers", "student.train.epochs",
             "teacher.init", "eval.n_best"} <= set(keys)
-    assert not [k for k in keys if k.split(".")[0] in ("search", "seeds", "tracking", "runtime")]
+    # How the study is run is not what a trial is; a trial's thread count is (its low bits).
+    assert [k for k in keys if k.split(".")[0] in ("search", "seeds", "tracking", "runtime")] \
+        == ["runtime.process_threads"]
     assert not {"distill.temperature", "distill.alpha_ce", "distill.alpha_squad"} & set(keys)
+
+
+def test_a_trials_thread_count_is_a_fixed_setting(params_path, smoke):
+    study = new_study()
+    design.initialise(study, smoke)
+    with pytest.raises(StudyError, match="runtime.process_threads: 1 in the study, 2 now"):
+        design.check_fixed_settings(study, load_config(params_path, "smoke",
+                                                       ["runtime.process_threads=2"]))
+
+
+def test_a_study_made_by_other_code_is_refused(smoke, monkeypatch):
+    study = new_study()
+    design.initialise(study, smoke)
+    assert study.user_attrs[design.CODE_ATTR] == design.code_fingerprint()
+    design.check_fixed_settings(study, smoke)  # the same code: no error
+    study.set_user_attr(design.CODE_ATTR, "0123456789abcdef")  # as if an older checkout made it
+    with pytest.raises(StudyError, match="code: fingerprint 0123456789abcdef in the study"):
+        design.check_fixed_settings(study, smoke)
+
+
+def test_search_settings_are_recorded_and_compared(params_path, smoke):
+    study = new_study()
+    design.initialise(study, smoke)
+    assert design.differences(study, smoke) == []
+    other = load_config(params_path, "smoke", ["search.batch=3", "search.sampler_seed=7"])
+    assert design.differences(study, other) == [
+        "search.batch: 2 in the study, 3 now", "search.sampler_seed: 42 in the study, 7 now"]
+    assert design.differences(study, other, search=False) == []
+
+
+def test_the_fingerprint_covers_the_search_stages_code_deps(repo_root):
+    import yaml
+
+    deps = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["search"]["deps"]
+    code = {d.removeprefix("study/") for d in deps
+            if d.startswith("study/") and d.endswith(".py")}
+    assert set(design.SEARCH_CODE) == code
+
+
+def test_the_fingerprint_changes_with_any_of_its_modules(tmp_path, monkeypatch):
+    import shutil
+
+    import study
+
+    copy = tmp_path / "study"
+    shutil.copytree(Path(study.__file__).parent, copy)
+    monkeypatch.setattr(design, "__file__", str(copy / "design.py"))
+    before = design.code_fingerprint()
+    assert before == design.code_fingerprint()
+    (copy / "loss.py").write_text((copy / "loss.py").read_text() + "\n# a change\n")
+    assert design.code_fingerprint() != before

@@ -31,8 +31,10 @@ PARAMS = str(REPO_ROOT / "params.yaml")
 # the keys a stage reads do not depend on how long it trains.
 SETS = ("--set", "search.n_trials=2", "--set", "student.train.epochs=1")
 SHARED_CODE = {"study/cli.py", "study/config.py"}
+# Where results go, and how many trainings run side by side: neither changes a number (the
+# second: `study bench --determinism`, a fresh process vs in-process).
 LOCATIONS = {"runtime.artifacts", "runtime.reports", "tracking.uri", "tracking.artifact_location",
-             "tracking.experiment"}
+             "tracking.experiment", "runtime.processes"}
 
 
 def covers(entry: str, key: str) -> bool:

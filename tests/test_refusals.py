@@ -27,10 +27,10 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--n-trials", "0"], "search.n_trials must be greater than or equal to 1 (got 0)"),
-    (["--n-trials", "-1"], "search.n_trials must be greater than or equal to 1 (got -1)"),
-    (["--timeout", "0"], "search.timeout must be greater than 0"),
-    (["--timeout", "-5"], "search.timeout must be greater than 0"),
+    (["--n-trials", "0"], "--n-trials must be at least 1 (got 0)"),
+    (["--n-trials", "-1"], "--n-trials must be at least 1 (got -1)"),
+    (["--timeout", "0"], "--timeout must be greater than 0 seconds"),
+    (["--timeout", "-5"], "--timeout must be greater than 0 seconds"),
 ])
 def test_search_refuses_a_non_positive_session_before_writing(tmp_path, monkeypatch, capsys,
                                                               args, needle):

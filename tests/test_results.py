@@ -170,7 +170,7 @@ def test_row_writers_refuse_a_bad_row(tmp_path):
 # --------------------------------------------------------------------------- trials.csv
 def legacy_export_trials(study: optuna.Study, path: Path) -> None:
     """export_trials as it was before trials_dataframe: the reference for the same text."""
-    cols = ["number", "state", "temperature", "alpha_ce", "alpha_squad", "learning_rate",
+    cols = ["number", "state", "slot", "temperature", "alpha_ce", "alpha_squad", "learning_rate",
             "tune_f1", "tune_exact_match", "dev_f1", "dev_exact_match", "duration_s",
             "mlflow_run_id", "arm", "fail_reason"]
     text = io.StringIO(newline="")
@@ -179,7 +179,7 @@ def legacy_export_trials(study: optuna.Study, path: Path) -> None:
     for t in sorted(study.trials, key=lambda t: t.number):
         ua = t.user_attrs
         w.writerow({
-            "number": t.number, "state": t.state.name,
+            "number": t.number, "state": t.state.name, "slot": ua.get("slot", ""),
             **{k: t.params.get(k, "") for k in ("temperature", "alpha_ce", "alpha_squad",
                                                 "learning_rate")},
             "tune_f1": t.value if t.value is not None else ua.get("tune_f1", ""),

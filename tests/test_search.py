@@ -167,8 +167,9 @@ def test_a_pruned_trial_is_tagged_pruned(ws):
                          "learning_rate": 3e-4})
     study.enqueue_trial({"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.5,
                          "learning_rate": 1e-9})
-    study_cli(
+    study_cli(  # batches of one: trial 1 is pruned against trial 0
         ws, "search", "--n-trials", "2", "--study-name", "p1", "--storage", "sqlite:///p1.db",
+        "--set", "search.batch=1",
         "--set", "search.n_startup_trials=1", "--set", "search.pruner_warmup_rounds=0",
         "--set", "search.learning_rate={low: 1.0e-9, high: 1.0e-3, log: true}")
     states = [t.state.name for t in load(ws, "p1").trials]
@@ -266,16 +267,24 @@ def test_sigkill_mid_trial_then_resume_keeps_completed_and_leaves_nothing_runnin
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert killed_number is not None, "no trial was running before the deadline"
-    completed_before = {t.number: t.value for t in load(ws, "s4").trials
-                        if t.state.name == "COMPLETE"}
-    time.sleep(6)  # smoke grace period is 5 s: the killed trial's heartbeat is now stale
+    before = load(ws, "s4").trials
+    completed_before = {t.number: t.value for t in before if t.state.name == "COMPLETE"}
+    # No wait for the heartbeats' grace period: the killed worker was a process of this
+    # machine, so the next session sees at once that it is gone.
     search(ws, "s4", 1)
     study = load(ws, "s4")
     by_number = {t.number: t for t in study.trials}
     assert by_number[killed_number].state.name == "FAIL"
     for n, value in completed_before.items():
         assert by_number[n].state.name == "COMPLETE" and by_number[n].value == value
-    assert len(study.trials) == killed_number + 2  # the resume added exactly one trial
+    # The resume ran exactly one configuration: the lowest unfinished slot (the killed
+    # trial's, or the one its batch had asked beside it), again, with its params.
+    assert len(study.trials) == len(before) + 1
+    unfinished = {t.user_attrs["slot"]: t for t in before if t.state.name in ("RUNNING", "FAIL")}
+    rerun = study.trials[-1]
+    assert rerun.user_attrs["slot"] == min(unfinished)
+    assert rerun.params == unfinished[min(unfinished)].params
+    assert rerun.user_attrs["retry_of"] == unfinished[min(unfinished)].number
     _, runs = runs_of(ws, "s4")
     assert runs and all(r.info.status != "RUNNING" for r in runs)
     killed_run = [r for r in runs if r.info.run_name == f"trial-{killed_number}"][0]
