@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from study.config import EMBEDDED, StudentConfig
-from study.errors import StudyError
+from study.errors import StudyError, hub_reason
 
 transformers.logging.set_verbosity_error()
 _LOAD = dict(use_safetensors=True, trust_remote_code=False)
@@ -48,7 +48,7 @@ def _hub_error(ref: str, exc: Exception) -> StudyError:
         return StudyError(f"cannot load model from {ref}: {str(exc).splitlines()[0][:200]}")
     return StudyError(
         f"cannot load {ref!r}: not a local folder and the Hugging Face hub is unreachable or has "
-        f"no such model ({type(exc).__name__}); offline? point the params at a local checkpoint "
+        f"no such model ({hub_reason(exc)}); offline? point the params at a local checkpoint "
         "folder (teacher.init / teacher.checkpoint / student.init)"
     )
 
@@ -171,7 +171,11 @@ def build_student(cfg: StudentConfig, seed: int):
     """(model, tokenizer) for the student's starting point; the QA head is seeded."""
     transformers.set_seed(seed)
     if cfg.layers is None:
-        return load_qa_model(cfg.init), load_tokenizer(cfg.init)
+        model = load_qa_model(cfg.init)
+        # The tokenizer follows the model: AutoTokenizer gives distilbert-base-uncased (whose
+        # tokenizer_config names no class) a BertTokenizer on transformers 5, which emits
+        # token_type_ids and would be saved with the exported student.
+        return model, load_tokenizer(cfg.init, model.config.model_type)
     source = load_qa_model(cfg.init)
     if not isinstance(source, BertForQuestionAnswering):
         raise StudyError(f"student.layers needs a BERT checkpoint to take layers from; "
