@@ -104,12 +104,12 @@ def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: 
     dev = device(cfg)
     mp = precision(cfg.runtime.mixed_precision, dev)
     every = eval_steps(n_features, spec.batch_size, spec.evals_per_epoch)
-    saving: dict[str, Any] = dict(save_strategy="no", output_dir=str(out_dir / "trainer"))
+    saving: dict[str, Any] = {"save_strategy": "no", "output_dir": str(out_dir / "trainer")}
     if checkpoints is not None:
         # The newest checkpoint only: the Trainer deletes the older one after the new one's
         # trainer_state.json, its last file, is written.
-        saving = dict(save_strategy="steps", output_dir=str(checkpoints.root),
-                      save_steps=checkpoint_steps(n_features, spec), save_total_limit=1)
+        saving = {"save_strategy": "steps", "output_dir": str(checkpoints.root),
+                  "save_steps": checkpoint_steps(n_features, spec), "save_total_limit": 1}
     kwargs: dict[str, Any] = dict(
         **saving, seed=seed, data_seed=seed,
         learning_rate=spec.learning_rate, num_train_epochs=spec.epochs, max_steps=spec.max_steps,
