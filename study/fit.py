@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from study.config import Config, DistillConfig, TrainSpec
 from study.data import SPLITS, read_split, references
@@ -213,12 +214,13 @@ class Checkpoints:
         return self.dir.run
 
     def last(self) -> tuple[Path, int] | None:
-        """The newest complete checkpoint and its step. The Trainer writes trainer_state.json
-        last: a checkpoint cut short by a kill has none (or half of one) and is skipped."""
+        """The newest complete checkpoint and its step. The Trainer writes its state
+        (TRAINER_STATE_NAME) last: a checkpoint cut short by a kill has none (or half of one)
+        and is skipped."""
         found = []
         for folder in self.dir.root.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
             try:
-                state = TrainerState.load_from_json(str(folder / "trainer_state.json"))
+                state = TrainerState.load_from_json(str(folder / TRAINER_STATE_NAME))
             except (OSError, ValueError, TypeError):
                 continue
             if folder.name == f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}":
