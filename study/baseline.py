@@ -9,7 +9,7 @@ from study.files import staged_dir
 from study.layout import Layout
 from study.modeling import build_student
 from study.tracking import Tracker
-from study.fit import Fitted, fit, load_splits
+from study.fit import Checkpoints, Fitted, fit, load_splits, training_identity
 
 
 def student_params(cfg: Config, seed: int) -> dict:
@@ -21,20 +21,27 @@ def student_params(cfg: Config, seed: int) -> dict:
 
 
 def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: dict | None = None,
-                   save: bool = True, callbacks=()) -> Fitted:
+                   save: bool = True, resume: bool = False, callbacks=()) -> Fitted:
+    """`resume`: out_dir is a persistent scratch folder its caller owns (files.staged_dir
+    with keep=True, files.scratch_dir): the training checkpoints there and, run again after
+    a kill, resumes from its last checkpoint and continues its MLflow run (study.fit.fit)."""
     _, hashes = load_splits(cfg)
+    checkpoints = Checkpoints.prepare(out_dir, training_identity(
+        cfg, role="baseline", seed=seed)) if resume else None
     model, tokenizer = build_student(cfg.student, seed)
     tracker = Tracker(cfg)
     with tracker.run(run_name, "baseline", params=student_params(cfg, seed), tags=tags,
-                     split_hashes=hashes) as handle:
+                     split_hashes=hashes,
+                     record=checkpoints.run_record if checkpoints else None) as handle:
         handle.log_dict(cfg.to_dict(), "config.json")
         return fit(cfg, role="baseline", model=model, tokenizer=tokenizer, spec=cfg.student.train,
-                   out_dir=out_dir, handle=handle, seed=seed, save=save, callbacks=callbacks)
+                   out_dir=out_dir, handle=handle, seed=seed, save=save, checkpoints=checkpoints,
+                   callbacks=callbacks)
 
 
 def run(cfg: Config) -> dict:
-    with staged_dir(Layout.of(cfg).baseline.root) as out:
-        doc = train_baseline(cfg, out, cfg.seed, "baseline").doc
+    with staged_dir(Layout.of(cfg).baseline.root, keep=True) as out:
+        doc = train_baseline(cfg, out, cfg.seed, "baseline", resume=True).doc
     print(f"baseline: tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "
           f"{doc['dev']['exact_match']:.2f}/{doc['dev']['f1']:.2f}")
     return doc

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import DataConfig
-from study.errors import StudyError
+from study.errors import StudyError, hub_reason
 from study.layout import DataDir
 
 SPLITS = ("train", "tune", "dev")
@@ -204,7 +204,7 @@ def load_hub_squad(name: str) -> dict[str, list[dict]]:
         ds = load_dataset(name)
     except Exception as exc:  # noqa: BLE001 - any hub failure gets the same advice
         raise StudyError(
-            f"cannot load data set {name!r} from the Hugging Face hub ({type(exc).__name__}); "
+            f"cannot load data set {name!r} from the Hugging Face hub ({hub_reason(exc)}); "
             "offline? set data.source=local and data.path/data.dev_path to SQuAD v1.1 JSON files"
         ) from None
     return {"train": _records_from_hub(ds["train"]), "dev": _records_from_hub(ds["validation"])}

@@ -14,7 +14,7 @@ from study.files import staged_dir
 from study.layout import Layout
 from study.modeling import build_student
 from study.tracking import RunHandle, Tracker
-from study.fit import Fitted, fit, load_splits
+from study.fit import Checkpoints, Fitted, fit, load_splits, training_identity
 
 
 def with_overrides(cfg: Config, temperature=None, alpha_ce=None, alpha_squad=None,
@@ -25,10 +25,21 @@ def with_overrides(cfg: Config, temperature=None, alpha_ce=None, alpha_squad=Non
     return cfg.replace(distill=changes) if changes else cfg
 
 
+def distill_checkpoints(cfg: Config, out_dir: Path, seed: int, role: str) -> Checkpoints:
+    """The resume state of a distilled student trained in the scratch folder out_dir."""
+    return Checkpoints.prepare(out_dir, training_identity(
+        cfg, role=role, seed=seed, teacher_dir=teacher_stage.trained_folder(cfg)))
+
+
 def distill_student(cfg: Config, out_dir: Path, seed: int, handle: RunHandle,
-                    role: str = "distill", callbacks=(), save: bool = True) -> Fitted:
+                    role: str = "distill", callbacks=(), save: bool = True,
+                    resume: bool = False) -> Fitted:
     """Train one distilled student with the loss settings of `cfg.distill`, logging to the
-    run `handle` that its caller opened (a trial, best, seeds, `distill_run`)."""
+    run `handle` that its caller opened (a trial, best, seeds, `distill_run`).
+
+    `resume`: out_dir is a persistent scratch folder its caller owns (files.staged_dir with
+    keep=True, files.scratch_dir), given to `distill_run` too: the training checkpoints
+    there and, run again after a kill, resumes (study.fit.fit)."""
     splits, _ = load_splits(cfg)
     _, teacher_tok, teacher_dir = teacher_stage.load_trained(cfg)
     student, tokenizer = build_student(cfg.student, seed)
@@ -38,7 +49,8 @@ def distill_student(cfg: Config, out_dir: Path, seed: int, handle: RunHandle,
     return fit(cfg, role=role, model=student, tokenizer=tokenizer, spec=cfg.student.train,
                out_dir=out_dir, seed=seed, distill=cfg.distill,
                teacher=lambda: teacher_stage.load_trained(cfg)[0],
-               teacher_dir=teacher_dir, callbacks=callbacks, save=save, handle=handle)
+               teacher_dir=teacher_dir, callbacks=callbacks, save=save, handle=handle,
+               checkpoints=distill_checkpoints(cfg, out_dir, seed, role) if resume else None)
 
 
 def prepare_caches(cfg: Config) -> None:
@@ -63,22 +75,26 @@ def prepare_caches(cfg: Config) -> None:
 
 @contextmanager
 def distill_run(cfg: Config, seed: int, run_name: str, role: str = "distill",
-                tags: dict | None = None) -> Iterator[RunHandle]:
+                tags: dict | None = None, out_dir: Path | None = None) -> Iterator[RunHandle]:
     """The run of a student distilled outside the search (stage distill, seeds), with its
-    params and config."""
+    params and config. `out_dir`: the scratch folder of a resumable training
+    (`distill_student(..., resume=True)` in the same folder and with the same role): a run
+    it recorded there and did not finish is continued."""
     _, hashes = load_splits(cfg)
     # A missing teacher is refused before any run is opened.
     params = {**student_params(cfg, seed), "teacher": str(teacher_stage.trained_folder(cfg)),
               **cfg.distill.model_dump()}
-    with Tracker(cfg).run(run_name, role, params=params, tags=tags, split_hashes=hashes) as h:
+    record = distill_checkpoints(cfg, out_dir, seed, role).run_record if out_dir is not None else None
+    with Tracker(cfg).run(run_name, role, params=params, tags=tags, split_hashes=hashes,
+                          record=record) as h:
         h.log_dict(cfg.to_dict(), "config.json")
         yield h
 
 
 def run(cfg: Config) -> dict:
-    with staged_dir(Layout.of(cfg).distill.root) as out, \
-            distill_run(cfg, cfg.seed, "distill") as handle:
-        doc = distill_student(cfg, out, cfg.seed, handle).doc
+    with staged_dir(Layout.of(cfg).distill.root, keep=True) as out, \
+            distill_run(cfg, cfg.seed, "distill", out_dir=out) as handle:
+        doc = distill_student(cfg, out, cfg.seed, handle, resume=True).doc
     d = cfg.distill
     print(f"distilled (T={d.temperature}, alpha_ce={d.alpha_ce}, alpha_squad={d.alpha_squad}): "
           f"tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "

@@ -3,8 +3,11 @@ search trials, seeds): features, Trainer, evaluation on tune and dev, files, MLf
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -13,11 +16,14 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from study.config import Config, DistillConfig, TrainSpec
 from study.data import SPLITS, read_split, references
 from study.files import read_json, write_json
-from study.layout import Layout, StageDir
+from study.layout import CheckpointDir, Layout, StageDir
 from study.metric import squad_metrics
 from study.modeling import parameter_count, precision, save_model
 from study.postprocess import postprocess_predictions
@@ -25,7 +31,12 @@ from study.qa import QASettings, QuestionAnswerer
 from study.results import write_stage_metrics
 from study.tracking import MlflowLogCallback, RunHandle
 from study.teacher_logits import TeacherLogitCache, build_or_load
-from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
+from study.trainer import (
+    CheckpointState,
+    DistillationTrainer,
+    QuestionAnsweringTrainer,
+    eval_steps,
+)
 from study.windows import PadToLongest, Windows, load_windows, padded_windows
 
 
@@ -64,21 +75,51 @@ def apply_runtime(cfg: Config) -> None:
         torch.set_num_threads(cfg.runtime.threads)
 
 
+def logging_steps(n_features: int, spec: TrainSpec) -> int:
+    """Steps between two training logs: a quarter of an epoch, or the evaluation interval."""
+    steps_per_epoch = math.ceil(n_features / spec.batch_size)
+    every = eval_steps(n_features, spec.batch_size, spec.evals_per_epoch)
+    return max(1, min(every, steps_per_epoch // 4 or 1))
+
+
+def checkpoint_steps(n_features: int, spec: TrainSpec) -> int:
+    """Steps between two checkpoints of a resumable training: once an epoch, at the first
+    logging step at or after the epoch's end (a checkpoint must fall where the Trainer has
+    just logged: study.trainer.CheckpointState).
+
+    Why once an epoch: a checkpoint (weights and Adam state) is 208 MB for the default
+    profile's student and 272 MB for its teacher, written in 1-2.4 s at a load average of
+    8-12 on 2 cores (a step then took 10-19 s; an epoch is 92 and 46 steps); the smoke
+    student's 165 MB took 2-4 s against a 9-step epoch of ~35 s at that load. Every logging
+    step (4 an epoch) would cost four times that, for at most an epoch of work saved. On the
+    paper profile an epoch is 2,381 steps (~4-5 min on one GPU at the measured ~100 ms step)
+    against seconds to write BERT-base's ~1.3 GB."""
+    log = logging_steps(n_features, spec)
+    return log * math.ceil(math.ceil(n_features / spec.batch_size) / log)
+
+
 def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: int,
-                       seed: int, has_eval: bool, distilling: bool) -> TrainingArguments:
+                       seed: int, has_eval: bool, distilling: bool,
+                       checkpoints: CheckpointDir | None = None) -> TrainingArguments:
+    """`checkpoints`: a resumable training's checkpoint folder (the Trainer's output_dir)."""
     dev = device(cfg)
     mp = precision(cfg.runtime.mixed_precision, dev)
     every = eval_steps(n_features, spec.batch_size, spec.evals_per_epoch)
-    steps_per_epoch = math.ceil(n_features / spec.batch_size)
+    saving: dict[str, Any] = {"save_strategy": "no", "output_dir": str(out_dir / "trainer")}
+    if checkpoints is not None:
+        # The newest checkpoint only: the Trainer deletes the older one after the new one's
+        # trainer_state.json, its last file, is written.
+        saving = {"save_strategy": "steps", "output_dir": str(checkpoints.root),
+                  "save_steps": checkpoint_steps(n_features, spec), "save_total_limit": 1}
     kwargs: dict[str, Any] = dict(
-        output_dir=str(out_dir / "trainer"), seed=seed, data_seed=seed,
+        **saving, seed=seed, data_seed=seed,
         learning_rate=spec.learning_rate, num_train_epochs=spec.epochs, max_steps=spec.max_steps,
         per_device_train_batch_size=spec.batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size, weight_decay=spec.weight_decay,
         lr_scheduler_type=spec.lr_scheduler,
         eval_strategy="steps" if (has_eval and spec.evals_per_epoch) else "no",
-        eval_steps=every, logging_steps=max(1, min(every, steps_per_epoch // 4 or 1)),
-        save_strategy="no", report_to="none", use_cpu=dev == "cpu",
+        eval_steps=every, logging_steps=logging_steps(n_features, spec),
+        report_to="none", use_cpu=dev == "cpu",
         fp16=mp == "fp16", bf16=mp == "bf16", dataloader_num_workers=0,
         # Its per-step NaN/inf check reads the loss off the device every step (a host
         # synchronisation), only to hide a non-finite step from the logged loss; off, a
@@ -116,6 +157,83 @@ def _post_process(cfg: Config):
     return run
 
 
+# ------------------------------------------------------------------ resumable trainings
+def code_fingerprint() -> str:
+    """SHA-256 of the `study` package's Python sources: a checkpoint is resumed only by the
+    code that made it."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def training_identity(cfg: Config, *, role: str, seed: int,
+                      teacher_dir: Path | None = None) -> dict[str, Any]:
+    """What decides a training's numbers, beyond the checkpoint itself: its config (all of
+    it: a stricter key than needed costs a restart, never a mixed training), role, seed,
+    data, code and, when distilling, the trained teacher's files."""
+    _, hashes = load_splits(cfg)
+    teacher = None
+    if teacher_dir is not None:
+        teacher = {f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+                   for f in sorted(Path(teacher_dir).glob("*.safetensors"))}
+    return {"config": cfg.hash(), "role": role, "seed": seed, "splits": hashes,
+            "code": code_fingerprint(), "teacher": teacher}
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """A resumable training's checkpoints in its scratch folder (layout.CheckpointDir): the
+    Trainer's own (`save_strategy`, `train(resume_from_checkpoint=...)`), the MLflow run
+    they belong to (tracking.Tracker.run's `record`) and the identity of the training.
+
+    The scratch folder belongs to one live process (files.staged_dir / files.scratch_dir);
+    what a killed or failed run left there is resumed by the same training, and cleared
+    for any other."""
+
+    dir: CheckpointDir
+
+    @classmethod
+    def prepare(cls, scratch: Path, identity: dict[str, Any]) -> Checkpoints:
+        d = StageDir(Path(scratch)).checkpoints
+        recorded = None
+        if d.identity.exists():
+            try:
+                recorded = json.loads(d.identity.read_text())
+            except ValueError:  # cut short by a kill: unknown, so not resumable
+                recorded = None
+        if recorded != json.loads(json.dumps(identity)):
+            shutil.rmtree(d.root, ignore_errors=True)
+        d.root.mkdir(parents=True, exist_ok=True)
+        write_json(d.identity, identity)
+        return cls(d)
+
+    @property
+    def run_record(self) -> Path:
+        return self.dir.run
+
+    def last(self) -> tuple[Path, int] | None:
+        """The newest complete checkpoint and its step. The Trainer writes its state
+        (TRAINER_STATE_NAME) last: a checkpoint cut short by a kill has none (or half of one)
+        and is skipped."""
+        found = []
+        for folder in self.dir.root.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            try:
+                state = TrainerState.load_from_json(str(folder / TRAINER_STATE_NAME))
+            except (OSError, ValueError, TypeError):
+                continue
+            if folder.name == f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}":
+                found.append((state.global_step, folder))
+        if not found:
+            return None
+        step, folder = max(found)
+        return folder, step
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir.root, ignore_errors=True)
+
+
 @dataclass
 class Fitted:
     """A trained (or scored) model's metrics document and its answers, id -> text, per split."""
@@ -125,10 +243,12 @@ class Fitted:
 
 def make_trainer(cfg: Config, *, model, tokenizer, spec: TrainSpec, splits, windows: Windows,
                  out_dir: Path, seed: int, distill: DistillConfig | None, teacher,
-                 teacher_dir: Path | None) -> tuple[QuestionAnsweringTrainer, float]:
+                 teacher_dir: Path | None, checkpoints: Checkpoints | None = None
+                 ) -> tuple[QuestionAnsweringTrainer, float]:
     """The Trainer for one training, and the seconds spent on the teacher-logit cache."""
     args = training_arguments(cfg, spec, out_dir, n_train_windows(windows), seed, has_eval=True,
-                              distilling=distill is not None)
+                              distilling=distill is not None,
+                              checkpoints=checkpoints.dir if checkpoints else None)
     common = dict(model=model, args=args,
                   train_dataset=padded_windows(windows, tokenizer,
                                                train_columns(windows.train, model,
@@ -215,10 +335,15 @@ def _record(folder: StageDir, handle: RunHandle | None, fitted: Fitted, model, t
 def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: Path,
         handle: RunHandle | None, seed: int | None = None, distill: DistillConfig | None = None,
         teacher=None, teacher_dir: Path | None = None, callbacks: Sequence = (),
-        train: bool = True, save: bool = True) -> Fitted:
+        train: bool = True, save: bool = True, checkpoints: Checkpoints | None = None) -> Fitted:
     """Train (unless train=False), score tune and dev, write predictions/metrics/model into
     out_dir, and log them to `handle`. `teacher` is a zero-argument function returning the
-    teacher model, called only when the teacher must run (live logits or a cache miss)."""
+    teacher model, called only when the teacher must run (live logits or a cache miss).
+
+    `checkpoints` (in out_dir, a persistent scratch folder): the training checkpoints there
+    once an epoch and starts from the newest checkpoint it finds, with the numbers an
+    uninterrupted training gives (the same steps, losses, curve, scores and answers; its
+    run, continued, holds each metric once); they are removed once everything is recorded."""
     apply_runtime(cfg)
     folder = StageDir(out_dir)
     seed = cfg.seed if seed is None else seed
@@ -227,14 +352,23 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
     splits, _, windows = data_windows(cfg, tokenizer, SPLITS if train else ("tune", "dev"))
     trainer, cache_seconds = make_trainer(
         cfg, model=model, tokenizer=tokenizer, spec=spec, splits=splits, windows=windows,
-        out_dir=out_dir, seed=seed, distill=distill, teacher=teacher, teacher_dir=teacher_dir)
+        out_dir=out_dir, seed=seed, distill=distill, teacher=teacher, teacher_dir=teacher_dir,
+        checkpoints=checkpoints)
+    last = checkpoints.last() if (checkpoints is not None and train) else None
+    if checkpoints is not None:
+        trainer.add_callback(CheckpointState(trainer, trainer.args.save_steps,
+                                             math.ceil(n_train_windows(windows) / spec.batch_size)))
+        if last is not None:
+            print(f"{role}: resuming from step {last[1]} ({last[0]})", flush=True)
+            if handle is not None:
+                handle.set_tags({"resumed_from_step": last[1]})
     if handle is not None:
         trainer.add_callback(MlflowLogCallback(handle))
     for cb in callbacks:
         trainer.add_callback(cb)
     t0 = time.time()
     if train:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
     train_seconds = time.time() - t0 if train else 0.0
     scores, predictions = score(cfg, trainer.model, tokenizer, splits, windows)
     curve, losses = _history(trainer)
@@ -247,7 +381,10 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
         "wall_seconds": round(time.time() - started, 2),
         "distill": distill.model_dump() if distill else None,
         "mlflow_run_id": handle.run_id if handle else None,
+        "resumed_from_step": last[1] if last else 0,
     }
     fitted = Fitted(doc, predictions)
     _record(folder, handle, fitted, trainer.model, tokenizer, save)
+    if checkpoints is not None:
+        checkpoints.clear()
     return fitted

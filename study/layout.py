@@ -7,13 +7,16 @@
                          model/ (weights + tokenizer), metrics.json, predictions_<split>.json
         search/trials/<number>/   a trial's folder, laid out like a stage folder
         seeds/runs.json  every seed training of `study seeds`, scored per dev question
+        seeds/<arm>-<seed>/  a seed training's scratch folder while it trains (resumable)
         teacher_cache/   teacher logits, keyed by what they depend on
         windows/         tokenised windows, cached per data version
     reports/             metrics.json trials.csv search.json curves.csv importances.json seeds.json
                          bench.json report.md figures/ plots/history.csv metrics/<row>.json
 
 A folder's names hold wherever it lies: a stage writes into a staging folder
-(files.staged_dir) that becomes its folder, so `StageDir(out)` names the same files there.
+(files.staged_dir, `.<name>.tmp` beside it) that becomes its folder, so `StageDir(out)` names
+the same files there. A training that can resume checkpoints in `StageDir.checkpoints` of its
+scratch folder (removed once it has finished: outputs never hold checkpoints).
 `Layout.dvc_stages()` says which of these paths each DVC stage reads and writes; dvc.yaml is
 checked against it (tests/test_layout.py).
 """
@@ -44,6 +47,28 @@ class StageDir:
 
     def predictions(self, split: str) -> Path:
         return self.root / f"predictions_{split}.json"
+
+    @property
+    def checkpoints(self) -> CheckpointDir:
+        """Where a resumable training checkpoints while it trains (study.fit.Checkpoints)."""
+        return CheckpointDir(self.root / "checkpoints")
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """A training's resume state: the Trainer's own `checkpoint-<step>` folders (this is its
+    output_dir), what the training is (a checkpoint is resumed only by the same training) and
+    the MLflow run it logs to (continued by the resumed training)."""
+
+    root: Path
+
+    @property
+    def identity(self) -> Path:
+        return self.root / "identity.json"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run.json"
 
 
 @dataclass(frozen=True)
@@ -179,6 +204,11 @@ class Layout:
     def seed_runs(self) -> Path:
         """Every training of `study seeds`, scored per dev question (`--add` pools with it)."""
         return self.artifacts / "seeds" / "runs.json"
+
+    def seed_training(self, arm: str, seed: int) -> StageDir:
+        """One (arm, seed) training's scratch folder while it trains: its checkpoints and
+        MLflow run, so a killed `study seeds` resumes it (files.scratch_dir owns it)."""
+        return StageDir(self.seed_runs.parent / f"{arm}-{seed}")
 
     @property
     def teacher_cache(self) -> Path:

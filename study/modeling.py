@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from study.config import EMBEDDED, StudentConfig
-from study.errors import StudyError
+from study.errors import StudyError, hub_reason
 
 transformers.logging.set_verbosity_error()
 _LOAD = dict(use_safetensors=True, trust_remote_code=False)
@@ -48,7 +48,7 @@ def _hub_error(ref: str, exc: Exception) -> StudyError:
         return StudyError(f"cannot load model from {ref}: {str(exc).splitlines()[0][:200]}")
     return StudyError(
         f"cannot load {ref!r}: not a local folder and the Hugging Face hub is unreachable or has "
-        f"no such model ({type(exc).__name__}); offline? point the params at a local checkpoint "
+        f"no such model ({hub_reason(exc)}); offline? point the params at a local checkpoint "
         "folder (teacher.init / teacher.checkpoint / student.init)"
     )
 
@@ -167,10 +167,18 @@ def student_from_layers(source: BertForQuestionAnswering, layers: tuple[int, ...
     return student
 
 
-def student_tokenizer(cfg: StudentConfig):
-    """The student's tokenizer (its windows and cache keys are made with it)."""
+def student_tokenizer(cfg: StudentConfig, model_type: str | None = None):
+    """The student's tokenizer (its windows and cache keys are made with it). A ready student
+    (`layers` null) takes the tokenizer of its model's type: AutoTokenizer gives
+    distilbert-base-uncased (whose tokenizer_config names no class) a BertTokenizer on
+    transformers 5, which emits token_type_ids and would be saved with the exported student."""
     if cfg.layers is None:
-        return load_tokenizer(cfg.init)
+        if model_type is None:
+            try:
+                model_type = transformers.AutoConfig.from_pretrained(resolve(cfg.init)).model_type
+            except Exception as exc:  # noqa: BLE001
+                raise _hub_error(cfg.init, exc) from None
+        return load_tokenizer(cfg.init, model_type)
     return load_tokenizer(cfg.init, cfg.architecture)
 
 
@@ -178,7 +186,8 @@ def build_student(cfg: StudentConfig, seed: int):
     """(model, tokenizer) for the student's starting point; the QA head is seeded."""
     transformers.set_seed(seed)
     if cfg.layers is None:
-        return load_qa_model(cfg.init), student_tokenizer(cfg)
+        model = load_qa_model(cfg.init)
+        return model, student_tokenizer(cfg, model.config.model_type)
     source = load_qa_model(cfg.init)
     if not isinstance(source, BertForQuestionAnswering):
         raise StudyError(f"student.layers needs a BERT checkpoint to take layers from; "

@@ -88,6 +88,8 @@ class StageMetrics(BaseModel):
     wall_seconds: float
     distill: dict[str, Any] | None  # the DistillConfig trained with; None without a teacher
     mlflow_run_id: str | None
+    # Steps restored from a checkpoint (a training resumed after a kill); 0: trained whole.
+    resumed_from_step: int = 0
 
 
 # ---------------------------------------------------------------- reports/metrics.json

@@ -14,7 +14,6 @@ reaches no number.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from study.baseline import train_baseline
 from study.config import Config
 from study.distill import distill_run, distill_student, prepare_caches
 from study.errors import StudyError
-from study.files import read_json, write_json
+from study.files import read_json, scratch_dir, write_json
 from study.fit import load_splits
 from study.layout import Layout
 from study.metric import per_question
@@ -62,20 +61,22 @@ class Training:
 
 def train_arm(job: Training, callbacks=()) -> tuple[dict, dict]:
     """Train one arm with one seed; its metrics document and dev predictions. No evaluation
-    during training: nothing here reads a learning curve or prunes."""
+    during training: nothing here reads a learning curve or prunes. It checkpoints in its own
+    scratch folder, so after a kill the next `study seeds` resumes it where it stopped, to
+    the same numbers (study.fit.Checkpoints); the folder goes once the training is done."""
     cfg = parallel.trainee(job.cfg).replace(student={"train": {"evals_per_epoch": 0}})
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        name = f"seed-{job.seed}-{job.arm}"
+    name = f"seed-{job.seed}-{job.arm}"
+    with scratch_dir(Layout.of(cfg).seed_training(job.arm, job.seed).root) as out:
         if job.params is None:
             fitted = train_baseline(cfg, out, job.seed, name, tags=job.tags, save=False,
-                                    callbacks=callbacks)
+                                    resume=True, callbacks=callbacks)
         else:
             tcfg = search_stage.trial_config(cfg, job.params)
             role = f"seed-{job.arm}"
-            with distill_run(tcfg, job.seed, name, role=role, tags=job.tags) as handle:
+            with distill_run(tcfg, job.seed, name, role=role, tags=job.tags,
+                             out_dir=out) as handle:
                 fitted = distill_student(tcfg, out, job.seed, handle, role=role, save=False,
-                                         callbacks=callbacks)
+                                         callbacks=callbacks, resume=True)
     return fitted.doc, fitted.predictions["dev"]
 
 

@@ -12,7 +12,7 @@ from study.files import staged_dir
 from study.layout import Layout
 from study.modeling import load_qa_model, load_tokenizer
 from study.tracking import Tracker
-from study.fit import fit, load_splits
+from study.fit import Checkpoints, fit, load_splits, training_identity
 
 
 _LOADED: dict[tuple, tuple] = {}
@@ -48,11 +48,16 @@ def run(cfg: Config) -> dict:
     tracker = Tracker(cfg)
     params = {"model": ref, "seed": cfg.seed, "profile": cfg.profile, "trained": not t.checkpoint,
               **{f"train.{k}": v for k, v in t.train.__dict__.items()}}
-    with staged_dir(Layout.of(cfg).teacher.root) as out, \
-            tracker.run("teacher", "teacher", params=params, split_hashes=hashes) as handle:
-        handle.log_dict(cfg.to_dict(), "config.json")
-        doc = fit(cfg, role="teacher", model=model, tokenizer=tokenizer, spec=t.train,
-                  out_dir=out, handle=handle, train=not t.checkpoint).doc
+    # A killed or failed run left its checkpoints in the scratch folder: resumed there.
+    with staged_dir(Layout.of(cfg).teacher.root, keep=True) as out:
+        checkpoints = Checkpoints.prepare(
+            out, training_identity(cfg, role="teacher", seed=cfg.seed))
+        with tracker.run("teacher", "teacher", params=params, split_hashes=hashes,
+                         record=checkpoints.run_record) as handle:
+            handle.log_dict(cfg.to_dict(), "config.json")
+            doc = fit(cfg, role="teacher", model=model, tokenizer=tokenizer, spec=t.train,
+                      out_dir=out, handle=handle, train=not t.checkpoint,
+                      checkpoints=checkpoints).doc
     print(f"teacher: tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "
           f"{doc['dev']['exact_match']:.2f}/{doc['dev']['f1']:.2f}")
     return doc

@@ -6,6 +6,9 @@ stays off (report_to="none"); its metrics reach MLflow through `MlflowLogCallbac
 Every run is opened by a context manager here (`Tracker.run`, or `Tracker.shared_run` for
 the study's parent) and ends as its block ends: FINISHED, FINISHED named, tagged and
 described as pruned (Optuna stopped the trial), KILLED (Ctrl-C) or FAILED with its reason, never left RUNNING.
+A process killed outright (SIGKILL, a lost machine) cannot end its run: a resumable training
+continues it when it runs again (`Tracker.run(record=...)`), a search trial's is closed as
+KILLED by the heartbeats.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from transformers import TrainerCallback
 
 from study.config import Config
 from study.errors import StudyError
+from study.files import read_json, write_json
 from study.layout import Layout
 from study.storage import absolute_sqlite, redact, redact_in, schema_lock, wait_for_sqlite_locks
 
@@ -40,6 +44,7 @@ DIGEST_CHARS = 16
 STATE_TAG = "optuna_state"  # a trial's Optuna state; PRUNED is set here, as the run ends
 PRUNE_TAG = "prune_reason"
 FAILURE_TAG = "failure_reason"
+RESUMED_TAG = "resumed"  # how many times a resumable training's run was continued
 NOTE_TAG = "mlflow.note.content"  # the run's Description in the UI (Markdown)
 # MLflow has no PRUNED status: a pruned run keeps FINISHED (its numbers are valid) and says
 # so in its name, which the runs list shows beside the status, and in its description.
@@ -203,8 +208,16 @@ def system_metrics(handle: RunHandle) -> Iterator[None]:
 
 
 class RunHandle:
-    def __init__(self, client, run_id: str):
+    def __init__(self, client, run_id: str, resumed: bool = False):
         self.client, self.run_id = client, run_id
+        # Continued by a resumed training: steps it logs again may be in the run already.
+        self.resumed = resumed
+
+    def logged_steps(self) -> dict[str, int]:
+        """The last step each metric of the run was logged at (system metrics aside)."""
+        metrics = self.client.get_run(self.run_id).data.metrics
+        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key))
+                for key in metrics if not key.startswith("system/")}
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -301,10 +314,21 @@ class Tracker:
 
     @contextmanager
     def run(self, name: str, role: str, on_end: Callable[[RunHandle, Outcome], None] | None = None,
-            **kwargs: Any) -> Iterator[RunHandle]:
+            record: Path | None = None, **kwargs: Any) -> Iterator[RunHandle]:
         """A new run for the block; `on_end(handle, outcome)` runs just before it ends
-        (a trial records its own state there). Exceptions pass through unchanged."""
-        handle = self._start(name, role, **kwargs)
+        (a trial records its own state there). Exceptions pass through unchanged.
+
+        `record`: a file in a resumable training's scratch folder (layout.CheckpointDir.run).
+        The run it names is continued when it has not finished (left RUNNING by a killed
+        process, or KILLED / FAILED by an interrupted one): the resumed training keeps one
+        run, its status RUNNING again and its tag `resumed` counting the resumptions. Else
+        (no record, or a run finished, deleted or of another store) a new run is started and
+        recorded there."""
+        handle = self._continue(record) if record is not None else None
+        if handle is None:
+            handle = self._start(name, role, **kwargs)
+            if record is not None:
+                write_json(record, {"mlflow_run_id": handle.run_id})
         with self._owned(handle, on_end), system_metrics(handle):
             yield handle
 
@@ -366,6 +390,22 @@ class Tracker:
             self.client.log_inputs(run.info.run_id, datasets=dataset_inputs(self.cfg, split_hashes))
         return handle
 
+    def _continue(self, record: Path) -> RunHandle | None:
+        if not record.exists():
+            return None
+        run_id = read_json(record, "run record", "").get("mlflow_run_id")
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - recorded in another store, or gone: start anew
+            return None
+        if run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
+            return None
+        count = int(run.data.tags.get(RESUMED_TAG, "0")) + 1
+        self.client.update_run(run_id, status="RUNNING")
+        handle = RunHandle(self.client, run_id, resumed=True)
+        handle.set_tags({RESUMED_TAG: count})
+        return handle
+
     def _resume(self, run_id: str) -> RunHandle | None:
         try:
             self.client.get_run(run_id)
@@ -401,14 +441,21 @@ class Tracker:
 
 
 class MlflowLogCallback(TrainerCallback):
-    """Forwards the Trainer's logs (loss and its CE/KD parts, lr, eval EM/F1) to one run."""
+    """Forwards the Trainer's logs (loss and its CE/KD parts, lr, eval EM/F1) to one run.
+
+    In a continued run (a training resumed from its last checkpoint) the steps between that
+    checkpoint and the kill are trained again, and log the same numbers: a metric at a step
+    the run already holds is not logged twice."""
 
     def __init__(self, handle: RunHandle):
         self.handle = handle
+        self.logged = handle.logged_steps() if handle.resumed else {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # The Trainer's evaluations during training are on `tune` and named eval_*; logged
         # as tune_*, the step points and the final tune score share one chart.
+        step = state.global_step
         metrics = {("tune_" + k[len("eval_"):] if k.startswith("eval_") else k): v
                    for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        self.handle.log_metrics(metrics, step=state.global_step)
+        self.handle.log_metrics({k: v for k, v in metrics.items()
+                                 if step > self.logged.get(k, -1)}, step=step)

@@ -6,12 +6,14 @@ only overrides evaluate/predict; the distillation trainer only overrides compute
 
 from __future__ import annotations
 
+import base64
 import math
 import time
 from collections.abc import Callable, Sequence
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from study.data import MODEL_INPUTS
 from study.loss import distillation_loss
@@ -52,6 +54,14 @@ class QuestionAnsweringTrainer(Trainer):
         metrics[f"{prefix}_runtime"] = round(time.time() - start, 4)
         metrics[f"{prefix}_samples"] = len(examples)
         return texts, metrics
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "train_loss" in logs and self.state.global_step:
+            # The end-of-training mean over every step, a resumed training's too (its sum is
+            # restored by CheckpointState): transformers >= 5 divides by the steps of this
+            # train() call only. The same division as the Trainer's when nothing resumed.
+            logs["train_loss"] = self._total_loss_scalar / self.state.global_step
+        super().log(logs, *args, **kwargs)
 
     def evaluate(self, eval_dataset=None, eval_examples=None, ignore_keys=None,
                  metric_key_prefix: str = "eval"):
@@ -155,6 +165,67 @@ class LossParts:
         out = {name: self.sums[name].item() / self.count for name in self.names}
         self.sums, self.count = {}, 0
         return out
+
+
+class CheckpointState(TrainerCallback, ExportableState):
+    """What a checkpoint must hold, beyond the Trainer's own files, for a resumed training to
+    give the numbers of an uninterrupted one, and the rule that keeps it that small.
+
+    - Checkpoints are taken only where the Trainer has just logged (`every`, the save
+      interval, is a multiple of the logging interval; the Trainer's extra save at the last
+      step is dropped unless it falls there): the loss sums kept between logging steps (the
+      Trainer's own, and the CE/KD parts in `LossParts`) are then empty, so nothing of them
+      is lost. Checked at every save.
+    - The Trainer's running sum of the logged losses, from which it reports `train_loss` at
+      the end: a resumed Trainer starts it at 0 (and would report the mean of the resumed
+      steps only). Put back as the resumed training begins.
+    - The torch RNG state as the current epoch began. Length-grouped batches
+      (`TrainSpec.group_by_length`) are ordered by transformers' LengthGroupedSampler from the
+      global torch RNG as the epoch's first batch is drawn; a Trainer resumed mid-epoch draws
+      that order from its freshly seeded RNG (it restores the checkpoint's RNG only after
+      skipping the trained batches), so the rest of the epoch would see other batches. The
+      state is put back as the resumed epoch begins; the Trainer then restores the
+      checkpoint's own RNG state for the steps, as it does.
+    Saved in trainer_state.json through the Trainer's own `ExportableState` mechanism (read
+    back here, not re-instantiated: `restore_callback_states_from_checkpoint` stays off).
+    `_total_loss_scalar` is the Trainer's own name for that sum (4.46 to 5.x)."""
+
+    def __init__(self, trainer: Trainer | None = None, every: int = 0, steps_per_epoch: int = 0):
+        self.trainer, self.every, self.steps_per_epoch = trainer, every, steps_per_epoch
+        self.epoch_rng: torch.Tensor | None = None  # torch's RNG as this epoch began
+        self.resumed_rng: torch.Tensor | None = None  # to put back as the resumed epoch begins
+
+    def state(self) -> dict:
+        trainer = self.trainer
+        parts = getattr(trainer, "loss_parts", None)
+        if parts is not None and parts.count:
+            raise RuntimeError("a checkpoint between two logging steps would lose the loss "
+                               "parts summed since the last one")
+        rng = None if self.epoch_rng is None else base64.b64encode(
+            self.epoch_rng.numpy().tobytes()).decode()
+        return {"args": {}, "attributes": {
+            "total_loss": getattr(trainer, "_total_loss_scalar", 0.0), "epoch_rng": rng}}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and self.every and state.global_step % self.every:
+            control.should_save = False
+        return control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if not (state.global_step and isinstance(saved, dict)):
+            return  # a training from the start
+        attrs = saved["attributes"]
+        self.trainer._total_loss_scalar = attrs["total_loss"]
+        if state.global_step % self.steps_per_epoch and attrs["epoch_rng"] is not None:
+            self.resumed_rng = torch.frombuffer(
+                bytearray(base64.b64decode(attrs["epoch_rng"])), dtype=torch.uint8).clone()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.resumed_rng is not None:
+            torch.set_rng_state(self.resumed_rng)
+            self.resumed_rng = None
+        self.epoch_rng = torch.get_rng_state()
 
 
 def eval_steps(n_features: int, batch_size: int, evals_per_epoch: int) -> int:

@@ -108,3 +108,13 @@ def tiny_distilbert_qa(tokenizer):
 @pytest.fixture(scope="session")
 def xquad_records() -> list[dict]:
     return load_squad_file(EMBEDDED_DATA)
+
+
+@pytest.fixture(scope="session")
+def offline_hub(tmp_path_factory, xquad_records) -> Path:
+    """HF_HOME of a hand-built Hugging Face cache holding `bert-base-uncased`,
+    `distilbert-base-uncased` (tiny, random, the real vocab) and `squad` (tests/hub_cache.py):
+    the paper profile's hub names, loadable with HF_HUB_OFFLINE=1."""
+    from hub_cache import build
+
+    return build(tmp_path_factory.mktemp("hf_home"), xquad_records)

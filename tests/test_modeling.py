@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import make_tiny_bert_qa, tiny_bert_config
@@ -142,3 +144,24 @@ def test_saved_student_round_trips_through_from_pretrained(tmp_path, bert4, dist
     assert torch.equal(theirs.end_logits, ours.end_logits)
     span = QuestionAnswerer.from_pretrained(str(out), device="cpu")(question, context)
     assert span.text and context[span.start:span.end] == span.text
+
+
+def test_a_ready_student_keeps_distilberts_tokenizer(tmp_path):
+    """student.layers: null (the paper profile's distilbert-base-uncased): the student's
+    tokenizer is DistilBERT's, whatever AutoTokenizer would pick for a folder whose
+    tokenizer_config names no class (transformers 5 picks BertTokenizer), so the exported
+    student emits no token_type_ids."""
+    from hub_cache import write_model_repo
+
+    from study.config import StudentConfig
+    from study.modeling import build_student
+
+    folder = tmp_path / "distilbert-base-uncased"
+    write_model_repo(folder, "distilbert")
+    model, tok = build_student(StudentConfig(init=str(folder), layers=None), seed=1)
+    assert isinstance(model, DistilBertForQuestionAnswering)
+    assert type(tok).__name__.startswith("DistilBertTokenizer")
+    assert set(tok("What?", "Paris.")) == {"input_ids", "attention_mask"}
+    save_model(model, tok, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"].startswith("DistilBertTokenizer")

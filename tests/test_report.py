@@ -378,3 +378,28 @@ def test_report_says_where_each_curve_ends(tmp_path):
     # Half-way through 150 steps is the evaluation nearest step 75: step 50 or 100 (tie -> first).
     assert "- baseline: 20.1 half-way (step 50), 37.5 at the end (step 150); highest 37.5 at step 150" in md
     assert "- distilled: 22.8 half-way (step 50), 41.3 at the end (step 150); highest 41.3 at step 150" in md
+
+
+def test_the_interval_method_and_a_share_near_zero_read_as_sentences(tmp_path):
+    from study.intervals import DESCRIPTION
+    from study.report import load_inputs, render_markdown
+
+    folder = record_study(tmp_path / "reports", importances=False)
+    seeds = three_arm_seeds([1.2, 5.0], [-0.9, 1.5])
+    seeds["method"] = DESCRIPTION  # as `study seeds` records it
+    seeds["gap_recovered"] = {"distilled": {
+        "estimate": -0.04, "ci95": [-0.03, 9.1], "half_width": 4.6, "seeds": [1, 2, 3],
+        "questions": 297, "resampled": ["seeds", "questions"], "teacher_f1": 52.3}}
+    (folder / "seeds.json").write_text(json.dumps(seeds))
+    md = render_markdown(load_inputs(folder))
+    assert "In every interval below and in the findings, seeds and questions are both " \
+           "treated as random (two-way crossed" in md
+    assert "treats seeds" not in md
+    assert "0.0% [0.0%, 9.1%] of the gap to the teacher" in md and "-0.0%" not in md
+    metrics = json.loads(json.dumps(METRICS))  # single runs: distilled 0.01 F1 below baseline
+    metrics["distilled"]["dev"]["f1"] = 38.99
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "seeds.json").unlink()
+    md = render_markdown(load_inputs(folder))
+    assert "distillation recovers 0% of the teacher–baseline dev F1 gap" in md
+    assert "-0%" not in md

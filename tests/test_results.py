@@ -39,7 +39,7 @@ STAGE = {
     "teacher_cache_seconds": 0.0, "wall_seconds": 256.8,
     "distill": {"temperature": 1.19, "alpha_ce": 0.87, "alpha_squad": 0.6,
                 "teacher_logits": "cache", "cache_dtype": "float16"},
-    "mlflow_run_id": "68166d9cdb104802869a2343889adfa5",
+    "mlflow_run_id": "68166d9cdb104802869a2343889adfa5", "resumed_from_step": 0,
 }
 
 

@@ -48,7 +48,13 @@ def _millions(n: int) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0f}%"
+    # round() first: a share just below 0 is "0%", not "-0%".
+    return "n/a" if x is None else f"{round(x)}%"
+
+
+def _share(x: float) -> str:
+    """A share to one decimal, never "-0.0%"."""
+    return f"{round(x, 1) + 0.0:.1f}%"
 
 
 def _with_ci(mean: float, ci: tuple[float, float] | None) -> str:
@@ -151,8 +157,9 @@ def calibration_lines(inp: Inputs) -> list[str]:
 
 def gap_lines(inp: Inputs) -> list[str]:
     gaps = (inp.seeds.gap_recovered or {}) if inp.seeds else {}
-    return [f"{SEED_ARMS[arm]}: {g.estimate:.1f}% [{g.ci95[0]:.1f}%, {g.ci95[1]:.1f}%] of the "
-            f"gap to the teacher (dev F1 {g.teacher_f1:.1f}, one run, held fixed)"
+    return [f"{SEED_ARMS[arm]}: {_share(g.estimate)} [{_share(g.ci95[0])}, "
+            f"{_share(g.ci95[1])}] of the gap to the teacher (dev F1 {g.teacher_f1:.1f}, one run, "
+            "held fixed)"
             for arm, g in gaps.items()]
 
 
