@@ -21,23 +21,23 @@ def student_params(cfg: Config, seed: int) -> dict:
 
 
 def fit_baseline(cfg: Config, out_dir: Path, seed: int, handle: RunHandle, start,
-                 save: bool = True) -> Fitted:
+                 save: bool = True, callbacks=()) -> Fitted:
     """Train one baseline student from `start` (build_student's model and tokenizer, made
     before the run opens: a bad init is refused with no run), logging to `handle`."""
     model, tokenizer = start
     return fit(cfg, role="baseline", model=model, tokenizer=tokenizer, spec=cfg.student.train,
-               out_dir=out_dir, handle=handle, seed=seed, save=save)
+               out_dir=out_dir, handle=handle, seed=seed, save=save, callbacks=callbacks)
 
 
 def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: dict | None = None,
-                   save: bool = True) -> Fitted:
+                   save: bool = True, callbacks=()) -> Fitted:
     _, hashes = load_splits(cfg)
     start = build_student(cfg.student, seed)
     tracker = Tracker(cfg)
     with tracker.run(run_name, "baseline", params=student_params(cfg, seed), tags=tags,
                      split_hashes=hashes) as handle:
         handle.log_dict(cfg.to_dict(), "config.json")
-        return fit_baseline(cfg, out_dir, seed, handle, start, save=save)
+        return fit_baseline(cfg, out_dir, seed, handle, start, save=save, callbacks=callbacks)
 
 
 def run(cfg: Config) -> dict:

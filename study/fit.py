@@ -23,7 +23,14 @@ from study.modeling import parameter_count, precision, save_model
 from study.postprocess import postprocess_predictions
 from study.qa import QASettings, QuestionAnswerer
 from study.results import write_stage_metrics
-from study.tracking import CACHE_TAG, TEACHER_TAG, THREADS_TAG, MlflowLogCallback, RunHandle
+from study.tracking import (
+    CACHE_SHA_TAG,
+    CACHE_TAG,
+    TEACHER_TAG,
+    THREADS_TAG,
+    MlflowLogCallback,
+    RunHandle,
+)
 from study.teacher_logits import build_or_load, weights_hash
 from study.trainer import DistillationTrainer, QuestionAnsweringTrainer, eval_steps
 from study.windows import PadToLongest, Windows, load_windows, padded_windows
@@ -165,6 +172,8 @@ def training_tags(trainer, distill: DistillConfig | None, teacher,
         cache = getattr(trainer, "teacher_logits", None)
         if cache is not None:
             tags[CACHE_TAG] = cache.meta["key"]
+            if "sha256" in cache.meta:  # caches made before it was recorded have none
+                tags[CACHE_SHA_TAG] = cache.meta["sha256"]
     return tags
 
 

@@ -55,6 +55,7 @@ from study.modeling import build_student
 from study.storage import open_optuna_storage, redact, resolve_url, sqlite_path
 from study.teacher_logits import weights_hash
 from study.tracking import (
+    CACHE_SHA_TAG,
     CACHE_TAG,
     CPU_TAG,
     STATE_TAG,
@@ -71,7 +72,8 @@ VERDICT_TAG = "verdict"
 NOT_COMPARED = re.compile(r"^system/|^train_seconds$|_runtime$|_per_second$")
 NOT_COMPARED_DOC = {"train_seconds", "teacher_cache_seconds", "wall_seconds", "mlflow_run_id"}
 # Run tags that say where and with what a run computed, shown when numbers differ.
-ENV_TAGS = ("git_commit", "git_dirty", THREADS_TAG, "device", CPU_TAG, TEACHER_TAG, CACHE_TAG)
+ENV_TAGS = ("git_commit", "git_dirty", THREADS_TAG, "device", CPU_TAG, TEACHER_TAG, CACHE_TAG,
+            CACHE_SHA_TAG)
 ENV_PREFIX = "version."
 # The roles of runs that distil a student (`study distill`, a search trial), and every
 # `seed-<arm>` role; `teacher` and `baseline` runs train too.

@@ -47,11 +47,12 @@ PRUNED_SUFFIX = " (pruned)"
 # What a run's numbers depend on beyond its code, config and data, tagged on every training:
 # torch's thread count (it changes the low bits of a reduction; set by study.fit, where the
 # count is applied), the CPU's instruction set, and a distilled run's teacher (the sha256 of
-# its weights, and the key of the teacher-logit cache it read).
+# its weights, and the key and content hash of the teacher-logit cache it read).
 THREADS_TAG = "torch_threads"
 CPU_TAG = "cpu_capability"
 TEACHER_TAG = "teacher_sha256"
 CACHE_TAG = "teacher_cache_key"
+CACHE_SHA_TAG = "teacher_cache_sha256"
 
 
 # MLflow sizes its SQLAlchemy pool from the environment (mlflow/environment_variables.py;

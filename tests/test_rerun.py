@@ -207,8 +207,8 @@ def test_a_search_trial_reruns_identical_as_its_own_run_in_a_copied_store(ws, el
     assert mine.data.tags["verdict"] == "identical" and mine.info.status == "FINISHED"
     assert "mlflow.parentRunId" not in mine.data.tags  # not nested under the study
     assert mine.data.tags["torch_threads"] == "1"
-    assert mine.data.tags["teacher_cache_key"] == \
-        client(ws).get_run(recorded).data.tags["teacher_cache_key"]
+    for tag in ("teacher_sha256", "teacher_cache_key", "teacher_cache_sha256"):
+        assert mine.data.tags[tag] == client(ws).get_run(recorded).data.tags[tag], tag
     # Recorded in the copy's store, its artifacts in the copy's folder; the original store
     # is untouched.
     assert mine.info.artifact_uri.startswith((elsewhere / "mlruns").resolve().as_uri())
