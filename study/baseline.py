@@ -8,7 +8,7 @@ from study.config import Config
 from study.files import staged_dir
 from study.layout import Layout
 from study.modeling import build_student
-from study.tracking import Tracker
+from study.tracking import RunHandle, Tracker
 from study.fit import Checkpoints, Fitted, fit, load_splits, training_identity
 
 
@@ -20,6 +20,17 @@ def student_params(cfg: Config, seed: int) -> dict:
             **{f"train.{k}": v for k, v in s.train.__dict__.items()}}
 
 
+def fit_baseline(cfg: Config, out_dir: Path, seed: int, handle: RunHandle, start,
+                 save: bool = True, callbacks=(), checkpoints: Checkpoints | None = None
+                 ) -> Fitted:
+    """Train one baseline student from `start` (build_student's model and tokenizer, made
+    before the run opens: a bad init is refused with no run), logging to `handle`."""
+    model, tokenizer = start
+    return fit(cfg, role="baseline", model=model, tokenizer=tokenizer, spec=cfg.student.train,
+               out_dir=out_dir, handle=handle, seed=seed, save=save, callbacks=callbacks,
+               checkpoints=checkpoints)
+
+
 def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: dict | None = None,
                    save: bool = True, resume: bool = False, callbacks=()) -> Fitted:
     """`resume`: out_dir is a persistent scratch folder its caller owns (files.staged_dir
@@ -28,15 +39,14 @@ def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: d
     _, hashes = load_splits(cfg)
     checkpoints = Checkpoints.prepare(out_dir, training_identity(
         cfg, role="baseline", seed=seed)) if resume else None
-    model, tokenizer = build_student(cfg.student, seed)
+    start = build_student(cfg.student, seed)
     tracker = Tracker(cfg)
     with tracker.run(run_name, "baseline", params=student_params(cfg, seed), tags=tags,
                      split_hashes=hashes,
                      record=checkpoints.run_record if checkpoints else None) as handle:
         handle.log_dict(cfg.to_dict(), "config.json")
-        return fit(cfg, role="baseline", model=model, tokenizer=tokenizer, spec=cfg.student.train,
-                   out_dir=out_dir, handle=handle, seed=seed, save=save, checkpoints=checkpoints,
-                   callbacks=callbacks)
+        return fit_baseline(cfg, out_dir, seed, handle, start, save=save, callbacks=callbacks,
+                            checkpoints=checkpoints)
 
 
 def run(cfg: Config) -> dict:

@@ -8,6 +8,7 @@
     study search --n-trials 20     # add 20 configurations to it
     study predict --model artifacts/default/best/model --data questions.jsonl
     study ui                       # MLflow UI on the project's store, 127.0.0.1 only
+    study rerun trial 0            # re-train a recorded run, compare every number it recorded
 """
 
 from __future__ import annotations
@@ -117,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--from-study", action="store_true",
                    help="with --pruning: the configured pruner's arm is the search stage's own "
                         "study (its first --n-configs trials), not run again")
+    rr = add("rerun", "re-train one recorded run from what it recorded and compare every number "
+                      "(exit 0: identical, 1: some differ, 2: cannot be re-run)")
+    rr.add_argument("run", nargs="+", metavar="RUN",
+                    help="an MLflow run id, `trial N` (a trial of the search) or `seeds ARM SEED`")
+    rr.add_argument("--any-commit", action="store_true",
+                    help="compare even when this checkout's commit is not the run's")
+    rr.add_argument("--threads", type=int, default=None,
+                    help="train with this many torch threads, not the run's recorded count")
+    rr.add_argument("--study-name", help="the study of `trial N` (default: search.study_name)")
     u = add("ui", "start the MLflow UI on the project's tracking store (127.0.0.1)")
     u.add_argument("--port", type=int, default=5000)
     r = add("run", "the main job: " + ", ".join(RUN_CHAIN))
@@ -136,7 +146,7 @@ def _stage(name: str):
     return importlib.import_module(f"study.{name}")
 
 
-def dispatch(args: argparse.Namespace) -> None:
+def dispatch(args: argparse.Namespace) -> int | None:
     from study.config import load_config
 
     cfg = load_config(args.params, args.profile, args.overrides)
@@ -172,6 +182,9 @@ def dispatch(args: argparse.Namespace) -> None:
         _stage("seeds").run(cfg, add=args.add)
     elif cmd == "ui":
         _stage("ui").run(cfg, port=args.port)
+    elif cmd == "rerun":  # its exit status is its verdict
+        return _stage("rerun").run(cfg, args.run, any_commit=args.any_commit,
+                                   threads=args.threads, study_name=args.study_name)
     elif cmd == "run":
         run_main_job(cfg, args)
     else:
@@ -278,14 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         optimize_log.addFilter(_not_an_interrupt)
     args = build_parser().parse_args(argv)
     try:
-        dispatch(args)
+        code = dispatch(args)
     except StudyError as exc:
         print(f"study {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"study {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

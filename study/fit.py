@@ -29,8 +29,15 @@ from study.modeling import parameter_count, precision, save_model
 from study.postprocess import postprocess_predictions
 from study.qa import QASettings, QuestionAnswerer
 from study.results import write_stage_metrics
-from study.tracking import MlflowLogCallback, RunHandle
-from study.teacher_logits import TeacherLogitCache, build_or_load
+from study.tracking import (
+    CACHE_SHA_TAG,
+    CACHE_TAG,
+    TEACHER_TAG,
+    THREADS_TAG,
+    MlflowLogCallback,
+    RunHandle,
+)
+from study.teacher_logits import TeacherLogitCache, build_or_load, weights_hash
 from study.trainer import (
     CheckpointState,
     DistillationTrainer,
@@ -280,6 +287,22 @@ def teacher_logits(cfg: Config, distill: DistillConfig, teacher, teacher_dir: Pa
                          precision=cfg.runtime.mixed_precision)
 
 
+def training_tags(trainer, distill: DistillConfig | None, teacher,
+                  teacher_dir: Path | None) -> dict[str, Any]:
+    """What this training's numbers depend on beyond its config and data, for its run's tags
+    (`study rerun` reads them): the thread count it trains with, and when it distils, the
+    teacher's weights and the teacher-logit cache it reads."""
+    tags: dict[str, Any] = {THREADS_TAG: torch.get_num_threads()}
+    if distill is not None and distill.alpha_ce > 0:
+        tags[TEACHER_TAG] = weights_hash(teacher_dir, teacher)  # hashed once per process
+        cache = getattr(trainer, "teacher_logits", None)
+        if cache is not None:
+            tags[CACHE_TAG] = cache.meta["key"]
+            if "sha256" in cache.meta:  # caches made before it was recorded have none
+                tags[CACHE_SHA_TAG] = cache.meta["sha256"]
+    return tags
+
+
 def score(cfg: Config, model, tokenizer, splits: dict[str, list[dict]], windows: Windows,
           names: Sequence[str] = ("tune", "dev")) -> tuple[dict[str, dict], dict[str, dict]]:
     """EM/F1 and answers per split, from the predictor users get (study predict, the served
@@ -363,6 +386,7 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
             if handle is not None:
                 handle.set_tags({"resumed_from_step": last[1]})
     if handle is not None:
+        handle.set_tags(training_tags(trainer, distill, teacher, teacher_dir))
         trainer.add_callback(MlflowLogCallback(handle))
     for cb in callbacks:
         trainer.add_callback(cb)

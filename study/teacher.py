@@ -11,8 +11,8 @@ from study.errors import StudyError
 from study.files import staged_dir
 from study.layout import Layout
 from study.modeling import load_qa_model, load_tokenizer
-from study.tracking import Tracker
-from study.fit import Checkpoints, fit, load_splits, training_identity
+from study.tracking import RunHandle, Tracker
+from study.fit import Checkpoints, Fitted, fit, load_splits, training_identity
 
 
 _LOADED: dict[tuple, tuple] = {}
@@ -38,13 +38,30 @@ def load_trained(cfg: Config):
     return model, tokenizer, folder
 
 
-def run(cfg: Config) -> dict:
-    splits, hashes = load_splits(cfg)
+def initial(cfg: Config):
+    """(model, tokenizer) the teacher stage starts from: `teacher.init`, seeded, or the given
+    fine-tuned `teacher.checkpoint`. Loaded before any run opens (a bad one is refused)."""
     t = cfg.teacher
     ref = t.checkpoint or t.init
     transformers.set_seed(cfg.seed)
-    model = load_qa_model(ref, require_head=bool(t.checkpoint))
-    tokenizer = load_tokenizer(ref)
+    return load_qa_model(ref, require_head=bool(t.checkpoint)), load_tokenizer(ref)
+
+
+def fit_teacher(cfg: Config, out_dir: Path, handle: RunHandle, start, save: bool = True,
+                checkpoints: Checkpoints | None = None) -> Fitted:
+    """Fine-tune the teacher from `start` (`initial`), or only score a given checkpoint,
+    logging to the run `handle` its caller opened (resuming from `checkpoints`' last)."""
+    model, tokenizer = start
+    return fit(cfg, role="teacher", model=model, tokenizer=tokenizer, spec=cfg.teacher.train,
+               out_dir=out_dir, handle=handle, train=not cfg.teacher.checkpoint, save=save,
+               checkpoints=checkpoints)
+
+
+def run(cfg: Config) -> dict:
+    _, hashes = load_splits(cfg)
+    t = cfg.teacher
+    ref = t.checkpoint or t.init
+    start = initial(cfg)
     tracker = Tracker(cfg)
     params = {"model": ref, "seed": cfg.seed, "profile": cfg.profile, "trained": not t.checkpoint,
               **{f"train.{k}": v for k, v in t.train.__dict__.items()}}
@@ -55,9 +72,7 @@ def run(cfg: Config) -> dict:
         with tracker.run("teacher", "teacher", params=params, split_hashes=hashes,
                          record=checkpoints.run_record) as handle:
             handle.log_dict(cfg.to_dict(), "config.json")
-            doc = fit(cfg, role="teacher", model=model, tokenizer=tokenizer, spec=t.train,
-                      out_dir=out, handle=handle, train=not t.checkpoint,
-                      checkpoints=checkpoints).doc
+            doc = fit_teacher(cfg, out, handle, start, checkpoints=checkpoints).doc
     print(f"teacher: tune F1 {doc['tune']['f1']:.2f}, dev EM/F1 "
           f"{doc['dev']['exact_match']:.2f}/{doc['dev']['f1']:.2f}")
     return doc

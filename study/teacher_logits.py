@@ -183,8 +183,11 @@ def build_or_load(teacher, teacher_dir: Path | None, tokenizer, features, *, roo
     try:
         compute_logits(_materialise(teacher), features, tokenizer, batch_size, device, max_length,
                        dtype, tmp, precision)
+        # The key names what the logits were computed from, not how (e.g. the thread count,
+        # which can move a float16 rounding): the content's hash tells two caches apart.
         (tmp / "meta.json").write_text(json.dumps({
-            "key": key, "windows": len(features), "max_length": max_length,
+            "key": key, "sha256": _hash_files([tmp / "start.npy", tmp / "end.npy"]),
+            "windows": len(features), "max_length": max_length,
             "doc_stride": doc_stride, "dtype": dtype,
             "teacher": str(teacher_dir) if teacher_dir else None}, indent=2))
         # Written complete, then renamed: a killed run never leaves a half cache behind.

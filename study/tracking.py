@@ -49,6 +49,15 @@ NOTE_TAG = "mlflow.note.content"  # the run's Description in the UI (Markdown)
 # MLflow has no PRUNED status: a pruned run keeps FINISHED (its numbers are valid) and says
 # so in its name, which the runs list shows beside the status, and in its description.
 PRUNED_SUFFIX = " (pruned)"
+# What a run's numbers depend on beyond its code, config and data, tagged on every training:
+# torch's thread count (it changes the low bits of a reduction; set by study.fit, where the
+# count is applied), the CPU's instruction set, and a distilled run's teacher (the sha256 of
+# its weights, and the key and content hash of the teacher-logit cache it read).
+THREADS_TAG = "torch_threads"
+CPU_TAG = "cpu_capability"
+TEACHER_TAG = "teacher_sha256"
+CACHE_TAG = "teacher_cache_key"
+CACHE_SHA_TAG = "teacher_cache_sha256"
 
 
 # MLflow sizes its SQLAlchemy pool from the environment (mlflow/environment_variables.py;
@@ -114,15 +123,28 @@ def package_versions() -> dict[str, str]:
 
 
 def device_name() -> str:
+    """The device, with torch's thread count now: a run opens before its training applies
+    runtime.threads, so a training's own count is its THREADS_TAG (set by study.fit)."""
     import torch
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def cpu_capability() -> str:
+    """The CPU instruction set torch's kernels use here (DEFAULT, AVX2, AVX512, ...): the
+    same code on another set can round differently."""
+    import torch
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # torch < 2.1
+        return "unknown"
+
+
 def environment(cfg: Config, split_hashes: dict[str, str] | None = None) -> dict[str, str]:
     env = {**git_state(), **{f"version.{k}": v for k, v in package_versions().items()},
-           "params_hash": cfg.hash(), "profile": cfg.profile, "device": device_name()}
+           "params_hash": cfg.hash(), "profile": cfg.profile, "device": device_name(),
+           CPU_TAG: cpu_capability()}
     for name, digest in (split_hashes or {}).items():
         env[f"data.{name}_sha256"] = digest
     return env
