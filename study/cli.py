@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--skip", action="append", default=[], choices=RUN_CHAIN,
                    help="leave out a stage (repeatable)")
     r.add_argument("--dry", action="store_true",
-                   help="print the stages `dvc repro` would run (writing the profile's "
-                        "pipeline file), run none")
+                   help="run nothing: write the profile's DVC pipeline file and print what "
+                        "`dvc status` says of it (its stages out of date)")
     return parser
 
 
@@ -216,7 +216,11 @@ def run_main_job(cfg, args: argparse.Namespace) -> None:
     if reason is None:
         from study.pipeline import write
 
-        run_through_dvc(write(cfg.profile), dry=args.dry)
+        pipeline = write(cfg.profile)
+        if args.dry:  # not `dvc repro --dry`: it stops at the first stage whose inputs are missing
+            dvc_status(pipeline)
+        else:
+            run_through_dvc(pipeline)
         return
     started, timings = time.time(), {}
     skip = set(args.skip)
@@ -232,13 +236,30 @@ def run_main_job(cfg, args: argparse.Namespace) -> None:
         t0 = time.time()
         _stage(name).run(cfg)
         timings[name] = str(round(time.time() - t0, 1))
-    if not args.dry:
-        print_wall_times(timings, started)
+    if args.dry:
+        print(f"== not through DVC ({reason})", flush=True)
+        return
+    print_wall_times(timings, started)
     print(f"== dvc.lock not updated ({reason}): `study run` goes through `dvc repro` only on "
           "./params.yaml with no --set or --skip, from the repository root", flush=True)
 
 
-def run_through_dvc(pipeline: Path = Path("dvc.yaml"), dry: bool = False) -> None:
+def _dvc_env() -> dict[str, str]:
+    # The stage commands run `study`: this environment's, whichever `study` is first on PATH.
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
+            + os.environ.get("PATH", ""), "DVC_NO_ANALYTICS": "1"}
+
+
+def dvc_status(pipeline: Path) -> None:
+    """`dvc status` of one profile's pipeline file, printed as DVC prints it."""
+    argv = ["dvc", "status", pipeline.as_posix()]
+    print(f"== study run --dry: {' '.join(argv)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", *argv], env=_dvc_env(), check=False)
+    if proc.returncode != 0:
+        raise StudyError(f"dvc status failed (exit {proc.returncode}): see above")
+
+
+def run_through_dvc(pipeline: Path = Path("dvc.yaml")) -> None:
     """`dvc repro` of one profile's pipeline file (./dvc.yaml: the default's; else the one
     study.pipeline wrote): every stage, the standalone `distill` included (a stage left out
     of the lock is one `dvc status` lists as changed). Stages already up to date are skipped.
@@ -247,14 +268,11 @@ def run_through_dvc(pipeline: Path = Path("dvc.yaml"), dry: bool = False) -> Non
     lock = pipeline.with_name("dvc.lock").as_posix()
     # ./dvc.yaml is what a plain `dvc repro` runs: the same command, not a target.
     target = [] if pipeline == Path("dvc.yaml") else [pipeline.as_posix()]
-    dvc = ["dvc", "repro", *target, *(["--dry"] if dry else [])]
+    dvc = ["dvc", "repro", *target]
     print(f"== study run: {' '.join(dvc)} ({lock} records every stage)", flush=True)
-    # The stage commands run `study`: this environment's, whichever `study` is first on PATH.
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
-           + os.environ.get("PATH", ""), "DVC_NO_ANALYTICS": "1"}
     timings: dict[str, str] = {}
     current, t0 = None, time.time()
-    proc = subprocess.Popen([sys.executable, "-m", *dvc], env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", *dvc], env=_dvc_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
     try:
         for line in proc.stdout:
@@ -278,8 +296,7 @@ def run_through_dvc(pipeline: Path = Path("dvc.yaml"), dry: bool = False) -> Non
         timings[current] = str(round(time.time() - t0, 1))
     if code != 0:
         raise StudyError(f"dvc repro failed (exit {code}) at stage {current}: see above")
-    if not dry:
-        print_wall_times(timings, started)
+    print_wall_times(timings, started)
 
 
 def _not_an_interrupt(record: logging.LogRecord) -> bool:
