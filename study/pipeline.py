@@ -105,14 +105,15 @@ def instantiate(declared: dict, params_path: Path | str, profile: str) -> dict:
     return doc
 
 
-def outputs(doc: dict) -> set[Path]:
-    """Every output path of a pipeline document, from the repository root."""
+def outputs(doc: dict, profile: str = "default") -> set[Path]:
+    """Every output path of `profile`'s pipeline document, from the repository root."""
+    here = dvc_file(profile).parent
     found = set()
     for stage in doc["stages"].values():
         for field in ("outs", "metrics"):
             for entry in stage.get(field, []):
                 for path in (entry if isinstance(entry, dict) else [entry]):
-                    found.add(Path(os.path.normpath(Path(stage.get("wdir", ".")) / path)))
+                    found.add(Path(os.path.normpath(here / stage.get("wdir", ".") / path)))
     return found
 
 
@@ -127,11 +128,11 @@ def clash(profile: str, params_path: Path | str = PARAMS,
     outputs anywhere in the repository, in every command, so such a file is never written."""
     declared = yaml.safe_load(Path(declaration).read_text())
     names = ["default", *(read_params(Path(params_path)).get("profiles") or {})]
-    mine = outputs(instantiate(declared, params_path, profile))
+    mine = outputs(instantiate(declared, params_path, profile), profile)
     for other in names:
         if other == profile:
             continue
-        theirs = outputs(instantiate(declared, params_path, other))
+        theirs = outputs(instantiate(declared, params_path, other), other)
         for a in sorted(mine):
             for b in theirs:
                 if _overlap(a, b):
