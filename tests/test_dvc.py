@@ -205,6 +205,7 @@ def dvc(cwd, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_a_plain_dvc_repro_plans_the_default_profile_alone(tmp_path, monkeypatch):
     """In a clone with every profile's pipeline written: a plain `dvc repro` at the root plans
     the default's stages and no other profile's (it collects ./dvc.yaml, and upstream stages
