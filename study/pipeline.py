@@ -74,6 +74,10 @@ def instantiate(declared: dict, params_path: Path | str, profile: str) -> dict:
     to lie at `dvc_file(profile)`. The default profile's is `declared` itself."""
     if profile == "default":
         return copy.deepcopy(declared)
+    unknown = set(declared) - {"stages", "plots"}
+    if unknown:  # e.g. top-level metrics or vars: their paths would need moving too
+        raise StudyError(f"dvc.yaml: no per-profile form for {', '.join(sorted(unknown))} "
+                         "(study/pipeline.py)")
     default = Layout.of(load_config(params_path, "default"))
     layout = Layout.of(load_config(params_path, profile))
     overlay = (read_params(Path(params_path)).get("profiles") or {}).get(profile) or {}
