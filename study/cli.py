@@ -296,6 +296,9 @@ def run_through_dvc(pipeline: Path = Path("dvc.yaml")) -> None:
         timings[current] = str(round(time.time() - t0, 1))
     if code != 0:
         raise StudyError(f"dvc repro failed (exit {code}) at stage {current}: see above")
+    from study.pipeline import keep_local
+
+    keep_local(pipeline)
     print_wall_times(timings, started)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,24 @@ def write(profile: str, params_path: Path | str = PARAMS,
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
     return target
+
+
+def keep_local(pipeline: Path) -> None:
+    """Unstage the lock DVC staged in git after running `pipeline` (this repository sets
+    `core.autostage`) when git does not track the pipeline file itself: a profile's pipeline
+    and lock stay out of commits unless someone adds the pair (the paper's, kept beside
+    reports/paper/). Nothing to do outside a git work tree."""
+    if pipeline == DECLARATION:
+        return
+    lock = pipeline.with_name("dvc.lock").as_posix()
+
+    def git(*args: str) -> int:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, timeout=60,
+                                  check=False).returncode
+        except OSError:  # no git: nothing staged
+            return 128
+
+    if git("ls-files", "--error-unmatch", pipeline.as_posix()) != 0 \
+            and git("ls-files", "--error-unmatch", lock) == 0:
+        git("reset", "-q", "--", lock)

@@ -149,3 +149,7 @@ def test_study_run_smoke_twice_the_second_runs_nothing(tmp_path):
     # smoke profile's: they are up to date.
     everything = json.loads(run(clone, env, "dvc", "status", "--json"))
     assert sorted(everything) == sorted(stages), everything
+    # The smoke pipeline and its lock stay local: DVC staged the lock (core.autostage),
+    # `study run` unstaged it, as git does not track the pipeline file.
+    assert git(clone, "status", "--porcelain", "--untracked-files=all").splitlines() == [
+        f"?? {pipeline.removesuffix('dvc.yaml')}dvc.lock", f"?? {pipeline}"]
