@@ -240,7 +240,7 @@ def run_main_job(cfg, args: argparse.Namespace) -> None:
         print(f"== not through DVC ({reason})", flush=True)
         return
     print_wall_times(timings, started)
-    print(f"== dvc.lock not updated ({reason}): `study run` goes through `dvc repro` only on "
+    print(f"== no dvc.lock updated ({reason}): `study run` goes through `dvc repro` only on "
           "./params.yaml with no --set or --skip, from the repository root", flush=True)
 
 
