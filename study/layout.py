@@ -15,8 +15,7 @@
 A folder's names hold wherever it lies: a stage writes into a staging folder
 (files.staged_dir) that becomes its folder, so `StageDir(out)` names the same files there.
 `Layout.dvc_stages()` says which of these paths each DVC stage reads and writes; dvc.yaml is
-checked against it (tests/test_layout.py). `dvc_file(profile)` is where a profile's pipeline
-lies: dvc.yaml for the default, pipelines/<profile>/dvc.yaml for the others (study.pipeline).
+checked against it (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -131,16 +130,6 @@ class ReportFiles:
         return self.metrics_dir / f"{row}.json"
 
 
-PIPELINES = Path("pipelines")
-
-
-def dvc_file(profile: str) -> Path:
-    """A profile's DVC pipeline: ./dvc.yaml for the default (committed, with its dvc.lock), one
-    folder a profile for the others, written by `study run` (DVC keeps one dvc.yaml and its
-    dvc.lock a folder, and refuses either when git ignores it)."""
-    return Path("dvc.yaml") if profile == "default" else PIPELINES / profile / "dvc.yaml"
-
-
 class StageIO(NamedTuple):
     """The artifact folders and report files a DVC stage reads (deps) and writes (outs)."""
 
@@ -193,17 +182,6 @@ class Layout:
     @property
     def windows(self) -> Path:
         return self.artifacts / "windows"
-
-    def moved(self, path: Path | str, to: Layout) -> Path:
-        """One of this layout's paths where `to` keeps it (the same names under `to`'s
-        artifacts or reports folder); a path under neither root (code, packaged data) stays."""
-        path = Path(path)
-        roots = sorted([(self.artifacts, to.artifacts), (self.reports.root, to.reports.root)],
-                       key=lambda pair: len(pair[0].parts), reverse=True)  # nested: the nearest
-        for mine, theirs in roots:
-            if path == mine or mine in path.parents:
-                return theirs / path.relative_to(mine)
-        return path
 
     def dvc_stages(self) -> dict[str, StageIO]:
         """Per DVC stage, in pipeline order, the paths it reads and writes (its numbers-only

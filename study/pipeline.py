@@ -3,10 +3,10 @@
 dvc.yaml declares the stages once, on the default profile (the top level of params.yaml), and
 is committed with its dvc.lock. Another profile's pipeline is the same stages instantiated for
 it (`instantiate`), which `study run --profile NAME` writes to pipelines/NAME/dvc.yaml
-(`study.layout.dvc_file`) before it runs `dvc repro` on that file:
+(`dvc_file`) before it runs `dvc repro` on that file:
 - each command gets `--profile NAME`;
 - each path under the default's artifacts or reports folder moves to the profile's
-  (`Layout.moved`); code and packaged data stay;
+  (`moved`); code and packaged data stay;
 - each params key `k` keeps `k` (the top level the overlay is merged on) and adds
   `profiles.NAME.k` where the overlay sets it (or the key above it that the overlay sets
   whole), so a stage re-runs when either value changes, and only then;
@@ -34,14 +34,36 @@ import yaml
 
 from study.config import load_config, read_params
 from study.errors import StudyError
-from study.layout import Layout, dvc_file
+from study.layout import Layout
 
 DECLARATION = Path("dvc.yaml")
 PARAMS = Path("params.yaml")
+PIPELINES = Path("pipelines")
 HEADER = ("# Written by `study run --profile {profile}`: the stages of ./dvc.yaml (the one "
           "declaration)\n# for the profile `{profile}` (study/pipeline.py). Edit dvc.yaml, "
           "not this file:\n# `study run` writes it again each time.\n")
 PATH_FIELDS = ("deps", "outs", "metrics")
+
+
+# These two name paths, which is study.layout's concern; they live here because every stage
+# of dvc.yaml depends on study/layout.py, so an edit there outdates the whole committed
+# dvc.lock (move them there with the next `dvc repro` of the default profile).
+def dvc_file(profile: str) -> Path:
+    """A profile's DVC pipeline: ./dvc.yaml for the default (committed, with its dvc.lock), one
+    folder a profile for the others (DVC keeps one dvc.yaml, and its dvc.lock, a folder)."""
+    return DECLARATION if profile == "default" else PIPELINES / profile / "dvc.yaml"
+
+
+def moved(path: Path | str, src: Layout, dst: Layout) -> Path:
+    """One of `src`'s paths where `dst` keeps it (the same names under `dst`'s artifacts or
+    reports folder); a path under neither root (code, packaged data) stays."""
+    path = Path(path)
+    roots = sorted([(src.artifacts, dst.artifacts), (src.reports.root, dst.reports.root)],
+                   key=lambda pair: len(pair[0].parts), reverse=True)  # nested: the nearer
+    for mine, theirs in roots:
+        if path == mine or mine in path.parents:
+            return theirs / path.relative_to(mine)
+    return path
 
 
 def overlay_keys(key: str, overlay: dict) -> list[str]:
@@ -85,7 +107,7 @@ def instantiate(declared: dict, params_path: Path | str, profile: str) -> dict:
     wdir = Path(os.path.relpath(".", dvc_file(profile).parent)).as_posix()
 
     def move(path: str) -> str:
-        return default.moved(path, layout).as_posix()
+        return moved(path, default, layout).as_posix()
 
     stages = {}
     for name, stage in declared["stages"].items():

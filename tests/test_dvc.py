@@ -19,7 +19,7 @@ from conftest import REPO_ROOT
 from study import pipeline
 from study.cli import main
 from study.config import load_config
-from study.layout import dvc_file
+from study.pipeline import dvc_file
 
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())

@@ -15,6 +15,7 @@ from test_dvc import PIPELINES, PROFILES, STAGES, paths
 from study.cli import RUN_CHAIN
 from study.config import load_config
 from study.layout import Layout
+from study.pipeline import moved
 
 LAYOUTS = {p: Layout.of(load_config(REPO_ROOT / "params.yaml", p)) for p in PROFILES}
 LAYOUT = LAYOUTS["default"]
@@ -67,13 +68,13 @@ def test_a_profiles_metrics_and_plots_are_in_its_reports_folder(profile):
 
 def test_a_path_moves_to_the_same_names_in_another_layout():
     smoke, paper = LAYOUTS["smoke"], LAYOUTS["paper"]
-    assert LAYOUT.moved(LAYOUT.teacher.model, smoke) == smoke.teacher.model
-    assert LAYOUT.moved(LAYOUT.reports.metric("teacher"), smoke) == smoke.reports.metric("teacher")
-    assert LAYOUT.moved(LAYOUT.reports.figures, paper) == paper.reports.figures
-    assert LAYOUT.moved("study/data/xquad.en.json", smoke) == Path("study/data/xquad.en.json")
+    assert moved(LAYOUT.teacher.model, LAYOUT, smoke) == smoke.teacher.model
+    assert moved(LAYOUT.reports.metric("teacher"), LAYOUT, smoke) == smoke.reports.metric("teacher")
+    assert moved(LAYOUT.reports.figures, LAYOUT, paper) == paper.reports.figures
+    assert moved("study/data/xquad.en.json", LAYOUT, smoke) == Path("study/data/xquad.en.json")
     # Nested roots (the smoke profile's reports lie in its artifacts): the nearer one counts.
-    assert smoke.moved(smoke.reports.trials, LAYOUT) == LAYOUT.reports.trials
-    assert smoke.moved(smoke.search.root, LAYOUT) == LAYOUT.search.root
+    assert moved(smoke.reports.trials, smoke, LAYOUT) == LAYOUT.reports.trials
+    assert moved(smoke.search.root, smoke, LAYOUT) == LAYOUT.search.root
 
 
 def test_stages_run_in_the_order_of_the_main_job():
