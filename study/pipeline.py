@@ -13,8 +13,10 @@ it (`instantiate`), which `study run --profile NAME` writes to pipelines/NAME/dv
 - `wdir` is the repository root, where the commands run and params.yaml lies.
 
 Why generated files and not DVC's `foreach` in ./dvc.yaml: a plain `dvc repro` runs every stage
-of ./dvc.yaml (and of nothing else), so a `foreach` over profiles there would start the paper's
-stages offline, and it renames the default's stages (`prepare@default`), changing dvc.lock.
+of ./dvc.yaml (and, of other files, only stages upstream of those), so a `foreach` over
+profiles there would start the paper's stages offline (`frozen` would not help: a frozen
+stage does not run, it fails on its missing outputs), and it renames the default's stages
+(`prepare@default`), changing dvc.lock.
 `dvc status` lists the stages of every dvc.yaml in the repository that git does not ignore
 (DVC refuses a git-ignored dvc.yaml or dvc.lock), so a committed file per profile would leave
 it never clean after the default's run. A profile's file exists once `study run` ran that
