@@ -2,7 +2,8 @@
 
     study run                      # prepare .. search, best, seeds, report (default profile,
                                    # through `dvc repro`, so dvc.lock records it)
-    study run --profile smoke      # the same in seconds, on a few questions
+    study run --profile smoke      # the same in seconds, on a few questions (through
+                                   # `dvc repro pipelines/smoke/dvc.yaml`)
     study distill --temperature 4 --alpha-ce 0.7 --alpha-squad 0.3
     study search                   # complete the Optuna study to search.n_trials configurations
     study search --n-trials 20     # add 20 configurations to it
@@ -29,8 +30,10 @@ from study.errors import StudyError
 # The main job: the whole study. The standalone `distill` stage is left out: the search's
 # first trial is the same configuration (the authors' setting).
 RUN_CHAIN = ("prepare", "teacher", "baseline", "search", "best", "seeds", "report")
-# What `dvc repro` prints as it starts or skips a stage (read to time each stage).
-DVC_STAGE = re.compile(r"^(?:Running stage '([^']+)'|Stage '([^']+)' didn't change)")
+# What `dvc repro` prints as it starts or skips a stage (read to time each stage); a stage of
+# another profile's pipeline is named `pipelines/<profile>/dvc.yaml:<stage>`.
+DVC_STAGE = re.compile(r"^(?:Running stage '(?:[^']*:)?([^':]+)'"
+                       r"|Stage '(?:[^']*:)?([^':]+)' didn't change)")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -132,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("run", "the main job: " + ", ".join(RUN_CHAIN))
     r.add_argument("--skip", action="append", default=[], choices=RUN_CHAIN,
                    help="leave out a stage (repeatable)")
+    r.add_argument("--dry", action="store_true",
+                   help="run nothing: write the profile's DVC pipeline file and print what "
+                        "`dvc status` says of it (its stages out of date)")
     return parser
 
 
@@ -192,11 +198,10 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 
 def not_what_dvc_tracks(cfg, args: argparse.Namespace) -> str | None:
-    """Why this run is not the one dvc.yaml describes (None when it is): DVC runs the
-    stage commands with no options, on ./params.yaml's top level, from the repo root."""
+    """Why this run is not one a DVC pipeline describes (None when it is): DVC runs the stage
+    commands with no option but the profile (dvc.yaml: the default; study.pipeline: the
+    others), on ./params.yaml, from the repo root."""
     here = Path.cwd()
-    if cfg.profile != "default":
-        return f"profile {cfg.profile}"
     if args.overrides:
         return "--set " + " ".join(args.overrides)
     if args.skip:
@@ -209,7 +214,9 @@ def not_what_dvc_tracks(cfg, args: argparse.Namespace) -> str | None:
         return "no ./params.yaml"
     if importlib.util.find_spec("dvc") is None:
         return "DVC is not installed"
-    return None
+    from study.pipeline import clash
+
+    return clash(cfg.profile)
 
 
 def print_wall_times(timings: dict[str, str], started: float) -> None:
@@ -218,11 +225,18 @@ def print_wall_times(timings: dict[str, str], started: float) -> None:
 
 
 def run_main_job(cfg, args: argparse.Namespace) -> None:
-    """The main job. On what dvc.yaml tracks, `dvc repro` runs it (the same stage commands),
-    so dvc.lock records every stage and `dvc status` is clean afterwards; else in-process."""
+    """The main job. On what a DVC pipeline tracks, `dvc repro` runs the profile's pipeline
+    (the same stage commands), so its dvc.lock records every stage and `dvc status` is clean
+    afterwards; else in-process."""
     reason = not_what_dvc_tracks(cfg, args)
     if reason is None:
-        run_through_dvc()
+        from study.pipeline import write
+
+        pipeline = write(cfg.profile)
+        if args.dry:  # not `dvc repro --dry`: it stops at the first stage whose inputs are missing
+            dvc_status(pipeline)
+        else:
+            run_through_dvc(pipeline)
         return
     started, timings = time.time(), {}
     skip = set(args.skip)
@@ -231,27 +245,50 @@ def run_main_job(cfg, args: argparse.Namespace) -> None:
     for name in RUN_CHAIN:
         if name in skip:
             continue
+        if args.dry:
+            print(f"== would run: study {name} ({cfg.profile})", flush=True)
+            continue
         print(f"== study {name} ({cfg.profile})", flush=True)
         t0 = time.time()
         _stage(name).run(cfg)
         timings[name] = str(round(time.time() - t0, 1))
+    if args.dry:
+        print(f"== not through DVC ({reason})", flush=True)
+        return
     print_wall_times(timings, started)
-    print(f"== dvc.lock not updated ({reason}): `study run` goes through `dvc repro` only on "
-          "the default profile and ./params.yaml with no --set or --skip", flush=True)
+    print(f"== no dvc.lock updated ({reason}): `study run` goes through `dvc repro` only on "
+          "./params.yaml with no --set or --skip, from the repository root", flush=True)
 
 
-def run_through_dvc() -> None:
-    """`dvc repro`: every stage of dvc.yaml, the standalone `distill` included (a stage left
-    out of dvc.lock is one `dvc status` lists as changed). Stages already up to date are
-    skipped. Each stage is timed from DVC's own "Running stage" lines."""
-    started = time.time()
-    print("== study run: dvc repro (dvc.lock records every stage)", flush=True)
+def _dvc_env() -> dict[str, str]:
     # The stage commands run `study`: this environment's, whichever `study` is first on PATH.
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
-           + os.environ.get("PATH", ""), "DVC_NO_ANALYTICS": "1"}
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
+            + os.environ.get("PATH", ""), "DVC_NO_ANALYTICS": "1"}
+
+
+def dvc_status(pipeline: Path) -> None:
+    """`dvc status` of one profile's pipeline file, printed as DVC prints it."""
+    argv = ["dvc", "status", pipeline.as_posix()]
+    print(f"== study run --dry: {' '.join(argv)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", *argv], env=_dvc_env(), check=False)
+    if proc.returncode != 0:
+        raise StudyError(f"dvc status failed (exit {proc.returncode}): see above")
+
+
+def run_through_dvc(pipeline: Path = Path("dvc.yaml")) -> None:
+    """`dvc repro` of one profile's pipeline file (./dvc.yaml: the default's; else the one
+    study.pipeline wrote): every stage, the standalone `distill` included (a stage left out
+    of the lock is one `dvc status` lists as changed). Stages already up to date are skipped.
+    Each stage is timed from DVC's own "Running stage" lines."""
+    started = time.time()
+    lock = pipeline.with_name("dvc.lock").as_posix()
+    # ./dvc.yaml is what a plain `dvc repro` runs: the same command, not a target.
+    target = [] if pipeline == Path("dvc.yaml") else [pipeline.as_posix()]
+    dvc = ["dvc", "repro", *target]
+    print(f"== study run: {' '.join(dvc)} ({lock} records every stage)", flush=True)
     timings: dict[str, str] = {}
     current, t0 = None, time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", *dvc], env=_dvc_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
     try:
         for line in proc.stdout:
@@ -275,6 +312,9 @@ def run_through_dvc() -> None:
         timings[current] = str(round(time.time() - t0, 1))
     if code != 0:
         raise StudyError(f"dvc repro failed (exit {code}) at stage {current}: see above")
+    from study.pipeline import keep_local
+
+    keep_local(pipeline)
     print_wall_times(timings, started)
 
 

@@ -1,5 +1,6 @@
 """`dvc metrics show` reads numbers only, one short row per file, from the files dvc.yaml
-declares as metrics; built here from the committed metrics.json and seeds.json."""
+declares as metrics (and a profile's pipeline, in its own reports folder); built here from
+the committed metrics.json and seeds.json."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-from study import dvc_metrics
-from study.layout import ReportFiles
+from study import dvc_metrics, pipeline
+from study.config import load_config
+from study.layout import Layout, ReportFiles
 from study.metric import gap_recovered
 
 COMMITTED = ReportFiles(REPO_ROOT / "reports")
@@ -95,3 +97,17 @@ def test_dvc_metrics_show_lists_the_declared_files_in_a_terminal_wide_table(tmp_
     table = dvc(tmp_path, "metrics", "show").splitlines()
     assert len(table) == 1 + len(expected)
     assert max(len(line) for line in table) <= 150, "\n".join(table)
+
+
+def test_a_profiles_pipeline_declares_the_files_written_in_its_reports_folder(tmp_path,
+                                                                             monkeypatch):
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    dvc(tmp_path, "init", "--no-scm", "-q")
+    monkeypatch.chdir(tmp_path)
+    pipeline.write("smoke")
+    folder = Layout.of(load_config(tmp_path / "params.yaml", "smoke")).reports
+    dvc_metrics.write(ReportFiles(tmp_path / folder.root), ROWS)
+    shown = json.loads(dvc(tmp_path, "metrics", "show", "--json", folder.metrics_dir.as_posix()))
+    (revision,) = shown.values()
+    assert set(revision["data"]) == {folder.metric(n).as_posix() for n in ROWS}

@@ -10,7 +10,10 @@ when it re-trains them). Then, per stage, against dvc.yaml:
   must not re-train the teacher;
 - the `study/` code deps are exactly the modules the stage runs. `cli.py` (the command line)
   and `config.py` (the params loader) serve every stage: what they hand a stage is the
-  params it reads, which DVC tracks key by key.
+  params it reads, which DVC tracks key by key;
+- in the smoke profile's pipeline (study.pipeline), every key the stage reads that the
+  `profiles.smoke` overlay sets is declared through the overlay too, and nothing else of it:
+  the stage re-runs when the overlay's value changes, and only then.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from __future__ import annotations
 import pytest
 from config_reads import CodeCalls, ConfigReads
 from conftest import REPO_ROOT
-from test_dvc import STAGES, param_keys, paths
+from test_dvc import PARAMS as PARAMS_YAML
+from test_dvc import PIPELINES, STAGES, param_keys, paths
 
 from study.cli import main
 from study.config import load_config
@@ -92,3 +96,30 @@ def test_code_deps_declared_are_the_code_run(observed, name):
     assert not missing, f"{name} runs code that dvc.yaml does not list: {missing}"
     assert not unused, f"dvc.yaml lists code that {name} never runs: {unused}"
 
+
+
+def leaves(node: dict, prefix: str = "") -> set[str]:
+    """The dotted keys of the values an overlay sets (a list or null is one value)."""
+    out = set()
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        out |= leaves(value, dotted + ".") if isinstance(value, dict) else {dotted}
+    return out
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_the_overlay_keys_declared_are_the_overlay_keys_read(observed, name):
+    read, _ = observed[name]
+    prefix = "profiles.smoke."
+    declared = [k.removeprefix(prefix) for k in param_keys(PIPELINES["smoke"]["stages"][name])
+                if k.startswith(prefix)]
+
+    def related(a: str, b: str) -> bool:
+        return covers(a, b) or covers(b, a)
+
+    set_and_read = sorted(leaf for leaf in leaves(PARAMS_YAML["profiles"]["smoke"])
+                          if any(related(leaf, k) for k in read))
+    undeclared = [leaf for leaf in set_and_read if not any(covers(d, leaf) for d in declared)]
+    unread = sorted(d for d in declared if not any(related(d, k) for k in read))
+    assert not undeclared, f"{name} reads what profiles.smoke sets, undeclared: {undeclared}"
+    assert not unread, f"the smoke pipeline lists overlay keys {name} never reads: {unread}"

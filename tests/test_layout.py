@@ -1,20 +1,24 @@
-"""dvc.yaml agrees with study.layout and the CLI: each stage's artifact and report outs and
-deps are the paths the Layout says it writes and reads, and the stages come in the order
-`study run` runs them, each after the stages whose outputs it reads."""
+"""dvc.yaml, and every profile's pipeline instantiated from it, agree with study.layout and
+the CLI: each stage's artifact and report outs and deps are the paths the profile's Layout
+says it writes and reads, and the stages come in the order `study run` runs them, each after
+the stages whose outputs it reads."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
-from test_dvc import STAGES, paths
+from test_dvc import PIPELINES, PROFILES, STAGES, paths
 
 from study.cli import RUN_CHAIN
 from study.config import load_config
 from study.layout import Layout
+from study.pipeline import moved
 
-LAYOUT = Layout.of(load_config(REPO_ROOT / "params.yaml"))
+LAYOUTS = {p: Layout.of(load_config(REPO_ROOT / "params.yaml", p)) for p in PROFILES}
+LAYOUT = LAYOUTS["default"]
 IO = LAYOUT.dvc_stages()
 # The standalone stage: its configuration is the search's first trial, so `study run` skips it.
 STANDALONE = "distill"
@@ -24,9 +28,9 @@ def posix(items) -> set[str]:
     return {Path(p).as_posix() for p in items}
 
 
-def located(entries) -> set[str]:
+def located(entries, layout: Layout = LAYOUT) -> set[str]:
     """The entries that are pipeline artifacts or report files (not code, not packaged data)."""
-    roots = (LAYOUT.artifacts.as_posix() + "/", LAYOUT.reports.root.as_posix() + "/")
+    roots = (layout.artifacts.as_posix() + "/", layout.reports.root.as_posix() + "/")
     return {p for p in paths(entries) if p.startswith(roots)}
 
 
@@ -34,14 +38,43 @@ def test_the_layout_names_every_dvc_stage_in_order():
     assert list(IO) == list(STAGES)
 
 
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("name", list(STAGES))
-def test_stage_outs_are_what_the_layout_says_it_writes(name):
-    assert set(paths(STAGES[name].get("outs"))) == posix(IO[name].outputs)
+def test_stage_outs_are_what_the_layout_says_it_writes(name, profile):
+    stage = PIPELINES[profile]["stages"][name]
+    assert set(paths(stage.get("outs"))) == posix(LAYOUTS[profile].dvc_stages()[name].outputs)
 
 
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("name", list(STAGES))
-def test_stage_deps_are_what_the_layout_says_it_reads(name):
-    assert located(STAGES[name].get("deps")) == posix(IO[name].inputs)
+def test_stage_deps_are_what_the_layout_says_it_reads(name, profile):
+    layout = LAYOUTS[profile]
+    stage = PIPELINES[profile]["stages"][name]
+    assert located(stage.get("deps"), layout) == posix(layout.dvc_stages()[name].inputs)
+    # Code and packaged data stay where they are, whatever the profile.
+    unlocated = set(paths(stage.get("deps"))) - located(stage.get("deps"), layout)
+    assert unlocated == set(paths(STAGES[name].get("deps"))) - located(STAGES[name].get("deps"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_profiles_metrics_and_plots_are_in_its_reports_folder(profile):
+    reports = LAYOUTS[profile].reports
+    metrics = {p for s in PIPELINES[profile]["stages"].values() for p in paths(s.get("metrics"))}
+    assert metrics and all(Path(p).parent == reports.metrics_dir for p in metrics)
+    here = Path("." if profile == "default" else f"pipelines/{profile}")
+    plots = {Path(os.path.normpath(here / p)) for p in paths(PIPELINES[profile].get("plots"))}
+    assert plots == {reports.history, reports.curves}
+
+
+def test_a_path_moves_to_the_same_names_in_another_layout():
+    smoke, paper = LAYOUTS["smoke"], LAYOUTS["paper"]
+    assert moved(LAYOUT.teacher.model, LAYOUT, smoke) == smoke.teacher.model
+    assert moved(LAYOUT.reports.metric("teacher"), LAYOUT, smoke) == smoke.reports.metric("teacher")
+    assert moved(LAYOUT.reports.figures, LAYOUT, paper) == paper.reports.figures
+    assert moved("study/data/xquad.en.json", LAYOUT, smoke) == Path("study/data/xquad.en.json")
+    # Nested roots (the smoke profile's reports lie in its artifacts): the nearer one counts.
+    assert moved(smoke.reports.trials, smoke, LAYOUT) == LAYOUT.reports.trials
+    assert moved(smoke.search.root, smoke, LAYOUT) == LAYOUT.search.root
 
 
 def test_stages_run_in_the_order_of_the_main_job():
@@ -49,11 +82,13 @@ def test_stages_run_in_the_order_of_the_main_job():
     assert [s for s in STAGES if s != STANDALONE] == list(RUN_CHAIN)
 
 
-def test_every_stage_comes_after_the_stages_it_reads_from():
-    order = list(STAGES)
-    producer = {out: name for name in order for out in paths(STAGES[name].get("outs"))}
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_stage_comes_after_the_stages_it_reads_from(profile):
+    stages = PIPELINES[profile]["stages"]
+    order = list(stages)
+    producer = {out: name for name in order for out in paths(stages[name].get("outs"))}
     for name in order:
-        for dep in located(STAGES[name].get("deps")):
+        for dep in located(stages[name].get("deps"), LAYOUTS[profile]):
             assert dep in producer, f"{name} reads {dep}, which no stage writes"
             assert order.index(producer[dep]) < order.index(name), \
                 f"{name} reads {dep} but comes before {producer[dep]}, which writes it"

@@ -16,7 +16,9 @@ from study.search import PRUNERS, evaluation_rounds, make_pruner
     ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
     ("hyperband", optuna.pruners.HyperbandPruner)])
 def test_each_pruner_name_builds_its_pruner(params_path, name, cls):
-    cfg = load_config(params_path, "default", [f"search.pruner={name}"])
+    # Hyperband reads its brackets from the storage: only with batches of one (config rule).
+    batch = ["search.batch=1"] if name == "hyperband" else []
+    cfg = load_config(params_path, "default", [f"search.pruner={name}", *batch])
     assert isinstance(make_pruner(cfg), cls)
     assert set(PRUNERS) == {"none", "median", "successive_halving", "hyperband"}
 
@@ -26,8 +28,8 @@ def test_the_resource_is_evaluation_rounds(params_path):
     cfg = load_config(params_path, "default", recipe)
     spec = cfg.student.train
     assert evaluation_rounds(cfg) == spec.epochs * spec.evals_per_epoch == 8
-    assert make_pruner(load_config(params_path, "default", [*recipe, "search.pruner=hyperband"])
-                       )._max_resource == 8
+    assert make_pruner(load_config(params_path, "default", [*recipe, "search.pruner=hyperband",
+                                                            "search.batch=1"]))._max_resource == 8
 
 
 def test_an_unknown_pruner_is_refused(params_path):
