@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "study (its first --n-configs trials), not run again")
     u = add("ui", "start the MLflow UI on the project's tracking store (127.0.0.1)")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--request-log", action="store_true",
+                   help="print the server's log line for every HTTP request (off by default)")
     r = add("run", "the main job: " + ", ".join(RUN_CHAIN))
     r.add_argument("--skip", action="append", default=[], choices=RUN_CHAIN,
                    help="leave out a stage (repeatable)")
@@ -168,7 +170,7 @@ def dispatch(args: argparse.Namespace) -> None:
     elif cmd == "seeds":
         _stage("seeds").run(cfg, add=args.add)
     elif cmd == "ui":
-        _stage("ui").run(cfg, port=args.port)
+        _stage("ui").run(cfg, port=args.port, request_log=args.request_log)
     elif cmd == "run":
         run_main_job(cfg, args)
     else:

@@ -44,6 +44,11 @@ NOTE_TAG = "mlflow.note.content"  # the run's Description in the UI (Markdown)
 # MLflow has no PRUNED status: a pruned run keeps FINISHED (its numbers are valid) and says
 # so in its name, which the runs list shows beside the status, and in its description.
 PRUNED_SUFFIX = " (pruned)"
+# The experiment's kind, which MLflow 3 UIs read to open a model-training experiment in their
+# training pages rather than the GenAI ones (3.17 reads a per-browser setting instead, which
+# `study ui` sets: study.ui_server). Set when the experiment is created; `study ui` adds it
+# to experiments created before.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 # MLflow sizes its SQLAlchemy pool from the environment (mlflow/environment_variables.py;
@@ -291,7 +296,8 @@ class Tracker:
                               location)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags=EXPERIMENT_TAGS)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
