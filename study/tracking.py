@@ -382,7 +382,8 @@ class Tracker:
     def _end(self, handle: RunHandle, outcome: Outcome) -> None:
         if outcome.pruned:
             handle.set_tags({STATE_TAG: "PRUNED", PRUNE_TAG: outcome.reason or ""})
-            handle.describe(f"**Pruned by Optuna**: {outcome.reason or 'no reason given'}. "
+            # Plain text: the runs table shows a description raw, in one line.
+            handle.describe(f"Pruned by Optuna: {outcome.reason or 'no reason given'}. "
                             "Its metrics are valid, from fewer training steps.")
             name = self.client.get_run(handle.run_id).info.run_name
             if not name.endswith(PRUNED_SUFFIX):

@@ -69,15 +69,82 @@ def study_filter(study_name: str | None) -> str:
 
 
 def study_view(cfg: Config, study_name: str | None) -> dict:
-    """The shared view: MLflow's UI state keys (selectedColumns, ...) and search facets."""
+    """The shared view: MLflow's UI state keys (selectedColumns, columnOrder, ...) and search
+    facets. The columns come first, right after the run's name and creation time (the
+    Dataset column, which MLflow shows before them, last); no Description column: the
+    study's own is a Markdown table, which a cell shows raw (its run page renders it)."""
     columns = ([metric_column(k) for k in SCORES[:2]]
                + [param_column(k) for k in searched_params(cfg)]
-               + [f"tags.`{STATE_TAG}`", metric_column(SCORES[2]), "attributes.`Description`",
-                  "attributes.`Dataset`"])
-    return {"selectedColumns": columns,
+               + [f"tags.`{STATE_TAG}`", metric_column(SCORES[2]), "attributes.`Dataset`"])
+    charts, sections = study_charts(cfg)
+    return {"selectedColumns": columns, "columnOrder": columns,
             "searchFilter": study_filter(study_name),
             "orderByKey": metric_column(OBJECTIVE), "orderByAsc": False,
-            "runsHiddenMode": "SHOW_ALL"}
+            "runsHiddenMode": "SHOW_ALL",
+            "compareRunCharts": charts, "compareRunSections": sections}
+
+
+OBJECTIVE_SECTION = "study-objective"
+
+
+def _card(uuid: str, kind: str, **fields) -> dict:
+    """One of MLflow's chart cards (RunsChartsCardConfig) in the objective's section."""
+    return {"uuid": uuid, "type": kind, "metricSectionId": OBJECTIVE_SECTION,
+            "isGenerated": False, "deleted": False, "runsCountToCompare": 100, **fields}
+
+
+def _line(uuid: str, key: str) -> dict:
+    return _card(uuid, "LINE", metricKey=key, selectedMetricKeys=[key], displayName=key,
+                 lineSmoothness=0, xAxisKey="step", xAxisScaleType="linear", scaleType="linear",
+                 yAxisKey="metric", yAxisExpressions=[], ignoreOutliers=False,
+                 useGlobalXaxisKey=False, useGlobalLineSmoothing=True, selectedXAxisMetricKey="",
+                 range={})
+
+
+def _bar(uuid: str, key: str) -> dict:
+    return _card(uuid, "BAR", metricKey=key, displayName=key)
+
+
+def _sections(title: str, *generated: str) -> list[dict]:
+    """The objective's section first, then MLflow's own (which the UI fills with every
+    metric no chart shows yet, by its names: "Model metrics", "System metrics")."""
+    return [{"uuid": uuid, "name": name, "display": True, "isReordered": uuid == OBJECTIVE_SECTION,
+             "deleted": False, "isGenerated": uuid != OBJECTIVE_SECTION}
+            for uuid, name in [(OBJECTIVE_SECTION, title),
+                               *((f"study-{n.split()[0].lower()}", n) for n in generated)]]
+
+
+def study_charts(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """The runs page's chart view (MLflow 3's comparison of the runs shown): the objective
+    first (the searched params in parallel coordinates coloured by tune_f1, their last axis;
+    tune_f1 over training steps; dev_f1), then model metrics, then system metrics."""
+    charts = [_card("study-parallel", "PARALLEL", selectedParams=searched_params(cfg),
+                    selectedMetrics=[OBJECTIVE], showAllRuns=True),
+              _line("study-tune-f1", OBJECTIVE), _bar("study-dev-f1", "dev_f1")]
+    return charts, _sections(f"{OBJECTIVE} (the objective) and dev_f1", "Model metrics",
+                             "System metrics")
+
+
+def trial_charts() -> dict:
+    """A trial's Model metrics tab (the UI's chart state of a run page): tune F1 and exact
+    match over training steps, then the final dev scores, before the other model metrics
+    (MLflow would sort them by name: the single dev points first, tune_f1 near the end)."""
+    charts = [_line("study-tune-f1", OBJECTIVE), _line("study-tune-em", "tune_exact_match"),
+              _bar("study-dev-f1", "dev_f1"), _bar("study-dev-em", "dev_exact_match")]
+    return {"isAccordionReordered": False, "compareRunCharts": charts,
+            "compareRunSections": _sections(f"{OBJECTIVE} (the objective) and dev scores",
+                                            "Model metrics"),
+            "autoRefreshEnabled": True,
+            "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0,
+                                      "selectedXAxisMetricKey": ""}}
+
+
+def study_runs(tracker: Tracker, study_name: str | None) -> list[str]:
+    """The run ids of the study's parent run and trials."""
+    if not study_name:
+        return []
+    return [r.info.run_id for r in tracker.client.search_runs(
+        [tracker.experiment_id], study_filter(study_name), max_results=1000)]
 
 
 def runs_url(port: int, experiment_id: str, view_key: str | None = VIEW_KEY) -> str:
@@ -95,16 +162,17 @@ def latest_study(tracker: Tracker) -> str | None:
     return runs[0].data.tags.get("study_name") if runs else None
 
 
-def share_study_view(cfg: Config, tracker: Tracker) -> str | None:
+def share_study_view(cfg: Config, tracker: Tracker) -> tuple[str | None, dict]:
     """The study's view as the experiment's shared view `VIEW_KEY` (plain JSON, which the UI
     reads as it reads its own compressed form), and the experiment's view tags (for
-    experiments created before they were set at creation). Returns the study's name."""
+    experiments created before they were set at creation). Returns the study's name and
+    the view."""
     study_name = latest_study(tracker)
-    tags = {**EXPERIMENT_TAGS,
-            SHARED_VIEW_TAG + VIEW_KEY: json.dumps(study_view(cfg, study_name))}
+    view = study_view(cfg, study_name)
+    tags = {**EXPERIMENT_TAGS, SHARED_VIEW_TAG + VIEW_KEY: json.dumps(view)}
     for key, value in tags.items():
         tracker.client.set_experiment_tag(tracker.experiment_id, key, value)
-    return study_name
+    return study_name, view
 
 
 def port_free(port: int) -> bool:
@@ -134,13 +202,22 @@ def wait_until_serving(server: subprocess.Popen, port: int, limit_s: float = STA
     raise StudyError(f"the MLflow server did not answer on port {port} in {limit_s:.0f} s")
 
 
-def server_command(cfg: Config, port: int, request_log: bool = False) -> list[str]:
+def server_command(cfg: Config, port: int, request_log: bool = False,
+                   runs_view: tuple[str, dict] | None = None,
+                   run_ids: list[str] = ()) -> list[str]:
+    """study.ui_server's command line. `runs_view` (experiment id, view): the runs page a
+    browser first sees, and sees again whenever it opens the printed URL (so the runs page
+    reached back from a trial, or from the side bar, is the study's); `run_ids`: the runs
+    whose Model metrics tab leads with the objective (trial_charts)."""
     location = cfg.tracking.artifact_location
     root = location if "://" in location else Path(location).resolve().as_uri()
+    view = ["--runs-view", runs_view[0], VIEW_KEY, json.dumps(runs_view[1])] if runs_view else []
+    charts = (["--run-charts", json.dumps({"runs": list(run_ids), "charts": trial_charts()})]
+              if run_ids else [])
     return [sys.executable, "-m", "study.ui_server",
             "--backend-store-uri", absolute_sqlite(cfg.tracking.uri),
             "--default-artifact-root", root, "--port", str(port),
-            *(["--request-log"] if request_log else [])]
+            *(["--request-log"] if request_log else []), *view, *charts]
 
 
 def _terminated(signum, frame):
@@ -154,9 +231,10 @@ def run(cfg: Config, port: int = 5000, request_log: bool = False) -> None:
     if not port_free(port):
         raise StudyError(f"port {port} on 127.0.0.1 is in use: choose another with --port")
     tracker = Tracker(cfg)  # creates the store and experiment, re-points a copied store
-    study_name = share_study_view(cfg, tracker)
-    command = server_command(cfg, port, request_log)
-    print("starting: " + " ".join(command), flush=True)
+    study_name, view = share_study_view(cfg, tracker)
+    command = server_command(cfg, port, request_log, (tracker.experiment_id, view),
+                             study_runs(tracker, study_name))
+    print("starting: " + " ".join(command[:command.index("--runs-view")]), flush=True)
     previous = signal.signal(signal.SIGTERM, _terminated)
     t0 = time.monotonic()
     guard, write_end = start_guarded(command)

@@ -33,14 +33,52 @@ import os
 import uuid
 import warnings
 
-# MLflow UI's setting (its useLocalStorage hook stores `${key}_v${version}` as JSON).
+# MLflow UI's settings, kept per browser in localStorage (its useLocalStorage hook stores
+# `${key}_v${version}` as JSON; a page's saved state is `MLflowLocalStorage-1.1-<scope>-
+# ReactComponentState`). Each is set where the browser has none, and, for those with an
+# address fragment, also when the address holds it (the URL `study ui` prints does):
 WORKFLOW_KEY = "mlflow.workflowType_v1"
 TRAINING_VIEW = "machine_learning"
-_KEY, _ASKED = json.dumps(WORKFLOW_KEY), json.dumps("workflowType=" + TRAINING_VIEW)
-_VALUE = json.dumps(json.dumps(TRAINING_VIEW))
-DEFAULT_VIEW_SCRIPT = (
-    f"<script>try{{var k={_KEY};if(localStorage.getItem(k)===null||"
-    f"location.hash.indexOf({_ASKED})>=0)localStorage.setItem(k,{_VALUE})}}catch(e){{}}</script>")
+UI_DEFAULTS = {
+    # the training view (see above)
+    WORKFLOW_KEY: (TRAINING_VIEW, "workflowType=" + TRAINING_VIEW),
+    # 3.17 opens its assistant panel by itself the first time a browser loads a local
+    # server's UI, over a quarter of a 1,366 px screen; its button stays
+    "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": (True, None),
+    # and the registry's first page opens a promotion of the registry UI it already shows
+    "_mlflow_model_registry_promo_modal_dismissed_v1": (True, None),
+}
+
+
+def runs_page_key(experiment_id: str) -> str:
+    """Where the UI keeps an experiment's runs page as the user left it (columns, sort,
+    filter, charts): what its "Override saved view" writes."""
+    return f"MLflowLocalStorage-1.1-ExperimentPage-{json.dumps([experiment_id])}-ReactComponentState"
+
+
+def run_charts_key(run_id: str) -> str:
+    """Where the UI keeps a run page's Model metrics charts as the user left them."""
+    return f"MLflowLocalStorage-1.1-RunPage-{run_id}-model-chartUIState"
+
+
+def defaults_script(extra: dict[str, tuple] | None = None) -> str:
+    """One inline script that sets each default (key -> (value, address fragment or None)).
+    Equal values are written once (a study's runs share one chart layout)."""
+    values: list[str] = []
+    lines = []
+    for key, (value, asked) in {**UI_DEFAULTS, **(extra or {})}.items():
+        text = json.dumps(value)
+        if text not in values:
+            values.append(text)
+        unset = f"g({json.dumps(key)})===null"
+        if asked:
+            unset += f"||h.indexOf({json.dumps(asked)})>=0"
+        lines.append(f"if({unset})s({json.dumps(key)},v[{values.index(text)}]);")
+    body = (f"var v={json.dumps(values)},h=location.hash,"
+            "g=function(k){return localStorage.getItem(k)},"
+            "s=function(k,x){localStorage.setItem(k,x)};" + "".join(lines))
+    # `</` cannot end the script early: the values are escaped for an HTML <script>.
+    return "<script>try{" + body.replace("</", "<\\/") + "}catch(e){}</script>"
 
 
 def server_environment(backend_store_uri: str, artifact_root: str) -> dict[str, str]:
@@ -69,18 +107,18 @@ def server_environment(backend_store_uri: str, artifact_root: str) -> dict[str, 
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name: "false"}
 
 
-def with_default_view(index_html: str) -> str:
-    """The UI's page with the training view as the browser's default, set before any script."""
+def with_defaults(index_html: str, script: str) -> str:
+    """The UI's page with `script` first in its head: it runs before the app's scripts."""
     head = index_html.find("<head>")
     if head < 0:
-        return DEFAULT_VIEW_SCRIPT + index_html
+        return script + index_html
     at = head + len("<head>")
-    return index_html[:at] + DEFAULT_VIEW_SCRIPT + index_html[at:]
+    return index_html[:at] + script + index_html[at:]
 
 
-def serve_index_with_default_view(flask_app) -> None:
+def serve_index_with_defaults(flask_app, script: str) -> None:
     """Replace the Flask view that serves the UI's index.html (endpoint `serve`, MLflow's
-    catch-all `/`) by one that adds DEFAULT_VIEW_SCRIPT; every other route is MLflow's."""
+    catch-all `/`) by one that adds `script`; every other route is MLflow's."""
     from flask import Response
 
     index = os.path.join(flask_app.static_folder, "index.html")
@@ -90,7 +128,7 @@ def serve_index_with_default_view(flask_app) -> None:
         if not os.path.exists(index):
             return original()
         with open(index, encoding="utf-8") as f:
-            page = with_default_view(f.read())
+            page = with_defaults(f.read(), script)
         # Never cached: the page is small and a cached copy would outlive a changed default.
         return Response(page, mimetype="text/html", headers={"Cache-Control": "no-cache"})
 
@@ -104,7 +142,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--request-log", action="store_true", help="log every HTTP request")
+    p.add_argument("--runs-view", nargs=3, metavar=("EXPERIMENT_ID", "SHARE_KEY", "JSON"),
+                   help="the experiment's runs page as a browser first sees it, and as "
+                        "an address with viewStateShareKey=SHARE_KEY sets it")
+    p.add_argument("--run-charts", metavar="JSON",
+                   help='{"runs": [run ids], "charts": chart state}: the Model metrics '
+                        "charts of those runs' pages as a browser first sees them")
     args = p.parse_args(argv)
+    extra = {}
+    if args.runs_view:
+        experiment_id, share_key, view = args.runs_view
+        extra[runs_page_key(experiment_id)] = (json.loads(view),
+                                               f"viewStateShareKey={share_key}")
+    if args.run_charts:
+        charts = json.loads(args.run_charts)
+        extra.update({run_charts_key(run): (charts["charts"], None) for run in charts["runs"]})
 
     os.environ.update(server_environment(args.backend_store_uri, args.default_artifact_root))
     # MLflow's app imports Starlette's deprecated WSGI middleware: not the user's concern.
@@ -116,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     # As `mlflow server` does before it starts its workers: opens (and migrates) the stores.
     initialize_backend_stores(args.backend_store_uri, args.backend_store_uri,
                               args.default_artifact_root)
-    serve_index_with_default_view(flask_app)
+    serve_index_with_defaults(flask_app, defaults_script(extra))
     from mlflow.server.fastapi_app import app
 
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.request_log,
