@@ -79,8 +79,9 @@ class QuestionAnswerer:
     def window_logits(self, features, batch_size: int | None = None, progress: bool = False,
                       deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Start and end logits of each window, rows padded with -100 past its length.
-        `deadline` (time.monotonic()): OutOfTime is raised before a batch that would start
-        after it, so a caller with a time limit stops instead of computing on unread."""
+        `deadline` (time.monotonic()): OutOfTime is raised before a batch that would end
+        after it, judged by the batch before (one batch of 64 windows takes seconds on a
+        busy CPU), so a caller with a time limit stops within it instead of computing on."""
         from tqdm.auto import tqdm
 
         from study.windows import pad_batch
@@ -93,9 +94,11 @@ class QuestionAnswerer:
         ends = np.full((n, width), -100.0, dtype=np.float32)
         self.model.eval()
         device = next(self.model.parameters()).device
+        last = 0.0  # seconds the previous batch took
         for i in tqdm(range(0, n, bs), desc="answering", unit="batch",
                       disable=not progress or n <= bs):
-            if deadline is not None and time.monotonic() > deadline:
+            started = time.monotonic()
+            if deadline is not None and started + last > deadline:
                 raise OutOfTime(i, n)
             rows = {c: features[c][i:i + bs] for c in cols}
             batch = {k: v.to(device) for k, v in pad_batch(rows, self.tokenizer).items()}
@@ -104,6 +107,7 @@ class QuestionAnswerer:
             length = out.start_logits.shape[1]
             starts[i:i + bs, :length] = out.start_logits.float().cpu().numpy()
             ends[i:i + bs, :length] = out.end_logits.float().cpu().numpy()
+            last = time.monotonic() - started
         return starts, ends
 
     def spans(self, records: Sequence[dict], features, starts: np.ndarray,
