@@ -32,7 +32,7 @@ from study.results import (
     write_curves,
     write_metrics,
 )
-from study.serving import register_champion
+from study.serving import ModelCard, model_card, register_champion, version_card
 from study.tracking import RunHandle, Tracker, device_name, git_state, package_versions
 from study.fit import apply_runtime, device, load_splits
 
@@ -79,10 +79,13 @@ def latency(answerer: QuestionAnswerer, records: list[dict],
             "batch32_padding": round(padding_share(lengths, BATCH), 4)}
 
 
-def log_registered_model(handle: RunHandle, model_dir: Path, cfg: Config) -> str:
-    """Log the student as an MLflow pyfunc model, register it, alias it `champion`."""
+def log_registered_model(handle: RunHandle, model_dir: Path, cfg: Config,
+                         card: ModelCard | None = None) -> str:
+    """Log the student as an MLflow pyfunc model, register it (described by `card`), alias
+    it `champion`."""
     name = cfg.tracking.registered_model.format(profile=cfg.profile)
-    return register_champion(handle, model_dir, QASettings.from_config(cfg), name)
+    model = model_card(cfg.profile, cfg.experiment_name, str(Layout.of(cfg).reports.report))
+    return register_champion(handle, model_dir, QASettings.from_config(cfg), name, card, model)
 
 
 def _curve_rows(role: str, doc: StageMetrics) -> list[CurveRow]:
@@ -123,11 +126,13 @@ def run(cfg: Config) -> dict:
     splits, hashes = load_splits(cfg)
     run_params = {**params, "trial_number": best.number, "seed": cfg.seed,
                   "weights": "kept" if kept.model.exists() else "retrained"}
+    # A run of its own, not one more child of the study's parent run: it is a copy of one
+    # trial (or its re-training), which the study's runs already hold. Tags link both.
     with staged_dir(layout.best.root) as staging, \
             tracker.run(f"best-trial-{best.number}", "best", params=run_params,
-                        tags={"study_name": study.study_name, "source_run_id":
-                              best.user_attrs.get(search_stage.RUN_ATTR, "")},
-                        parent_run_id=parent, split_hashes=hashes) as handle:
+                        tags={"study_name": study.study_name, "study_run_id": parent or "",
+                              "source_run_id": best.user_attrs.get(search_stage.RUN_ATTR, "")},
+                        split_hashes=hashes) as handle:
         out = StageDir(staging)
         if kept.model.exists() and kept.metrics.exists():
             for item in kept.root.iterdir():
@@ -137,7 +142,13 @@ def run(cfg: Config) -> dict:
             best_doc = StageMetrics.model_validate(
                 distill_student(tcfg, staging, cfg.seed, handle, role="best").doc)
         best_doc.mlflow_run_id = best.user_attrs.get(search_stage.RUN_ATTR)
-        version = log_registered_model(handle, out.model, cfg)
+        card = version_card(
+            study_name=study.study_name, trial=best.number, params=params,
+            dev=best_doc.dev.model_dump(), tune_f1=best_doc.tune.f1, seed=cfg.seed,
+            run_id=handle.run_id, trial_run_id=best_doc.mlflow_run_id,
+            report=str(layout.reports.report), profile=cfg.profile,
+            git_commit=git_state()["git_commit"])
+        version = log_registered_model(handle, out.model, cfg, card)
         handle.set_tags({"registered_model_version": version})
         handle.log_metrics({"dev_f1": best_doc.dev.f1,
                             "dev_exact_match": best_doc.dev.exact_match,

@@ -47,10 +47,46 @@ def _common() -> argparse.ArgumentParser:
 
 class _Parser(argparse.ArgumentParser):
     """Bad arguments are one line, as every other refusal (`study <cmd>: error: ...`, exit 2);
-    `--help` still shows the usage."""
+    `--help` still shows the usage. Subcommand parsers are of this class too (argparse makes
+    them so), and an argument no subcommand knows is refused by that subcommand's parser,
+    not the top level's (`study: error: unrecognized arguments`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner = self.commands.get(getattr(parsed, "command", None), self)
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+def _number(kind, low=None, high=None, low_open=False):
+    """An argparse type: a number in range, refused while parsing (in well under a second,
+    before any stage imports torch) rather than by the stage."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
+        return value
+    return parse
+
+
+COUNT = _number(int, 1)           # trials, seeds, steps, configurations, workers
+PORT = _number(int, 1, 65535)
+SECONDS = _number(float, 0, low_open=True)
+TEMPERATURE = _number(float, 0, low_open=True)
+WEIGHT = _number(float, 0, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("teacher", "fine-tune the teacher on train, score it on tune and dev")
     add("baseline", "fine-tune the student with no teacher (task-agnostic baseline)")
     d = add("distill", "fine-tune the student with the teacher (DistilBERT's SQuAD loss)")
-    d.add_argument("--temperature", type=float, help="softmax temperature T (> 0)")
-    d.add_argument("--alpha-ce", type=float, help="weight of the T^2-scaled KL term, in [0, 1]")
-    d.add_argument("--alpha-squad", type=float, help="weight of the gold-span CE term, in [0, 1]")
+    d.add_argument("--temperature", type=TEMPERATURE, help="softmax temperature T (> 0)")
+    d.add_argument("--alpha-ce", type=WEIGHT, help="weight of the T^2-scaled KL term, in [0, 1]")
+    d.add_argument("--alpha-squad", type=WEIGHT, help="weight of the gold-span CE term, in [0, 1]")
     d.add_argument("--teacher-logits", choices=["cache", "live"],
                    help="cached teacher logits (default) or a live teacher forward each step")
     s = add("search", "Optuna study over temperature and loss weights, tracked in MLflow: "
                       "completes the study to search.n_trials configurations")
-    s.add_argument("--n-trials", type=int, help="instead: add this many configurations")
-    s.add_argument("--timeout", type=float, help="stop starting batches after this many "
+    s.add_argument("--n-trials", type=COUNT, help="instead: add this many configurations (>= 1)")
+    s.add_argument("--timeout", type=SECONDS, help="stop starting batches after this many "
                    "seconds (interactive: a cut search says so in its summary and report)")
     s.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
                    "journal:PATH), or env:VAR / file:PATH holding one (keeps a password out of logs)")
@@ -90,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="the passage for --question")
     sd = add("seeds", "re-train the baseline, the authors' setting and the searched best with "
                       "several seeds; CIs over seeds and questions")
-    sd.add_argument("--add", type=int, default=None, metavar="N",
+    sd.add_argument("--add", type=COUNT, default=None, metavar="N",
                     help="train N more seeds and pool them with the recorded ones")
     add("report", "regenerate reports/ (tables, figures) from the exported results")
     b = add("bench", "time plain fine-tuning vs live-teacher vs cached-teacher distillation")
-    b.add_argument("--steps", type=int, default=None, help="training steps per variant")
+    b.add_argument("--steps", type=COUNT, default=None, help="training steps per variant")
     mode = b.add_mutually_exclusive_group()  # one measurement a call
     mode.add_argument("--pruning", action="store_true",
                    help="instead: the same seeded search with and without the pruner")
@@ -107,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--gpu", action="store_true",
                    help="instead (on a CUDA GPU): bare training loop vs the project's step, the "
                         "teacher pass rate and the GPU-busy share")
-    mode.add_argument("--workers", type=int, default=None, metavar="N",
+    mode.add_argument("--workers", type=COUNT, default=None, metavar="N",
                    help="instead: N `study search` workers on one new study in search.storage "
                         "(PostgreSQL): the peak number of database backends")
-    b.add_argument("--n-configs", type=int, default=None,
+    b.add_argument("--n-configs", type=COUNT, default=None,
                    help="configurations per search with --pruning (default: search.n_trials)")
     b.add_argument("--pruners", default=None,
                    help="with --pruning: comma-separated arms to run (default: none and "
@@ -127,17 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an MLflow run id, `trial N` (a trial of the search) or `seeds ARM SEED`")
     rr.add_argument("--any-commit", action="store_true",
                     help="compare even when this checkout's commit is not the run's")
-    rr.add_argument("--threads", type=int, default=None,
+    rr.add_argument("--threads", type=COUNT, default=None,
                     help="train with this many torch threads, not the run's recorded count")
     rr.add_argument("--study-name", help="the study of `trial N` (default: search.study_name)")
     u = add("ui", "start the MLflow UI on the project's tracking store (127.0.0.1)")
-    u.add_argument("--port", type=int, default=5000)
-    r = add("run", "the main job: " + ", ".join(RUN_CHAIN))
+    u.add_argument("--port", type=PORT, default=5000)
+    u.add_argument("--request-log", action="store_true",
+                   help="print the server's log line for every HTTP request (off by default)")
+    r = add("run", "the main job: " + ", ".join(RUN_CHAIN) + "; on the default profile "
+            "through `dvc repro`, which also runs the standalone distill stage")
     r.add_argument("--skip", action="append", default=[], choices=RUN_CHAIN,
                    help="leave out a stage (repeatable)")
     r.add_argument("--dry", action="store_true",
                    help="run nothing: write the profile's DVC pipeline file and print what "
                         "`dvc status` says of it (its stages out of date)")
+    parser.commands = sub.choices
     return parser
 
 
@@ -187,7 +227,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     elif cmd == "seeds":
         _stage("seeds").run(cfg, add=args.add)
     elif cmd == "ui":
-        _stage("ui").run(cfg, port=args.port)
+        _stage("ui").run(cfg, port=args.port, request_log=args.request_log)
     elif cmd == "rerun":  # its exit status is its verdict
         return _stage("rerun").run(cfg, args.run, any_commit=args.any_commit,
                                    threads=args.threads, study_name=args.study_name)

@@ -14,6 +14,7 @@ scores, `study predict`, latency, the MLflow pyfunc model and `mlflow models ser
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,14 @@ import torch
 from study.data import MODEL_INPUTS, eval_features
 from study.modeling import inference_autocast, load_qa_model, load_tokenizer, model_inputs
 from study.postprocess import Span, best_spans
+
+
+class OutOfTime(Exception):
+    """The deadline passed before every window was read (windows done, windows in all)."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"{done} of {total} windows read before the deadline")
+        self.done, self.total = done, total
 
 
 @dataclass(frozen=True)
@@ -67,9 +76,12 @@ class QuestionAnswerer:
         return eval_features(batch, self.tokenizer, s.max_length, s.doc_stride)
 
     @torch.inference_mode()
-    def window_logits(self, features, batch_size: int | None = None,
-                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Start and end logits of each window, rows padded with -100 past its length."""
+    def window_logits(self, features, batch_size: int | None = None, progress: bool = False,
+                      deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end logits of each window, rows padded with -100 past its length.
+        `deadline` (time.monotonic()): OutOfTime is raised before a batch that would end
+        after it, judged by the batch before (one batch of 64 windows takes seconds on a
+        busy CPU), so a caller with a time limit stops within it instead of computing on."""
         from tqdm.auto import tqdm
 
         from study.windows import pad_batch
@@ -82,8 +94,12 @@ class QuestionAnswerer:
         ends = np.full((n, width), -100.0, dtype=np.float32)
         self.model.eval()
         device = next(self.model.parameters()).device
+        last = 0.0  # seconds the previous batch took
         for i in tqdm(range(0, n, bs), desc="answering", unit="batch",
                       disable=not progress or n <= bs):
+            started = time.monotonic()
+            if deadline is not None and started + last > deadline:
+                raise OutOfTime(i, n)
             rows = {c: features[c][i:i + bs] for c in cols}
             batch = {k: v.to(device) for k, v in pad_batch(rows, self.tokenizer).items()}
             with inference_autocast(self.precision, device):
@@ -91,6 +107,7 @@ class QuestionAnswerer:
             length = out.start_logits.shape[1]
             starts[i:i + bs, :length] = out.start_logits.float().cpu().numpy()
             ends[i:i + bs, :length] = out.end_logits.float().cpu().numpy()
+            last = time.monotonic() - started
         return starts, ends
 
     def spans(self, records: Sequence[dict], features, starts: np.ndarray,
@@ -100,22 +117,22 @@ class QuestionAnswerer:
 
     # ----------------------------------------------------------------- entry points
     def answer_records(self, records: Sequence[dict], batch_size: int | None = None,
-                       progress: bool = False, features: dict[str, list] | None = None
-                       ) -> dict[str, Span]:
+                       progress: bool = False, features: dict[str, list] | None = None,
+                       deadline: float | None = None) -> dict[str, Span]:
         """id -> best Span, for records with `id`, `question` and `context`. `features`: their
         windows when already made with these settings (study.windows), else made here."""
         features = self.windows(records) if features is None else features
-        starts, ends = self.window_logits(features, batch_size, progress)
+        starts, ends = self.window_logits(features, batch_size, progress, deadline)
         return self.spans(records, features, starts, ends)
 
     def predict(self, questions: Sequence[str], contexts: Sequence[str],
-                progress: bool = False) -> list[Span]:
+                progress: bool = False, deadline: float | None = None) -> list[Span]:
         """One Span per (question, context) pair, in order."""
         if len(questions) != len(contexts):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
         records = [{"id": str(i), "question": q, "context": c}
                    for i, (q, c) in enumerate(zip(questions, contexts))]
-        spans = self.answer_records(records, progress=progress)
+        spans = self.answer_records(records, progress=progress, deadline=deadline)
         return [spans[r["id"]] for r in records]
 
     def __call__(self, question: str, context: str) -> Span:

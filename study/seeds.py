@@ -31,6 +31,8 @@ from study.fit import load_splits
 from study.layout import Layout
 from study.metric import per_question
 from study.results import write_seeds
+from study.serving import record_seeds
+from study.tracking import Tracker
 
 # The three questions of the study, each a paired difference (b - a) over dev questions.
 # The searched best is the arm `distilled`, as in reports/metrics.json.
@@ -266,6 +268,13 @@ def run(cfg: Config, add: int | None = None) -> dict:
                        cfg.seeds.bootstrap_samples, cfg.seed)
     write_seeds(layout.reports.seeds, result)
     dvc_metrics.write(layout.reports, dvc_metrics.of_seeds(result))
+    # `best` registered this trial's student before any seed was trained: its registry
+    # entry gets the interval now.
+    name = cfg.tracking.registered_model.format(profile=cfg.profile)
+    version = record_seeds(Tracker(cfg).client, name, study.study_name, best.number,
+                           result["distilled"])
+    if version:
+        print(f"registered model {name} v{version}: described with its dev F1 over seeds")
     for name, pb in result["paired"].items():
         print(f"F1 difference {name.replace('_minus_', ' - ')}: {pb['f1_diff']:.2f} "
               f"(95% CI {pb['ci95'][0]:.2f} .. {pb['ci95'][1]:.2f}, seeds "

@@ -58,6 +58,11 @@ CPU_TAG = "cpu_capability"
 TEACHER_TAG = "teacher_sha256"
 CACHE_TAG = "teacher_cache_key"
 CACHE_SHA_TAG = "teacher_cache_sha256"
+# The experiment's kind, which MLflow 3 UIs read to open a model-training experiment in their
+# training pages rather than the GenAI ones (3.17 reads a per-browser setting instead, which
+# `study ui` sets: study.ui_server). Set when the experiment is created; `study ui` adds it
+# to experiments created before.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 # MLflow sizes its SQLAlchemy pool from the environment (mlflow/environment_variables.py;
@@ -327,7 +332,8 @@ class Tracker:
                               location)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags=EXPERIMENT_TAGS)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -439,7 +445,8 @@ class Tracker:
     def _end(self, handle: RunHandle, outcome: Outcome) -> None:
         if outcome.pruned:
             handle.set_tags({STATE_TAG: "PRUNED", PRUNE_TAG: outcome.reason or ""})
-            handle.describe(f"**Pruned by Optuna**: {outcome.reason or 'no reason given'}. "
+            # Plain text: the runs table shows a description raw, in one line.
+            handle.describe(f"Pruned by Optuna: {outcome.reason or 'no reason given'}. "
                             "Its metrics are valid, from fewer training steps.")
             name = self.client.get_run(handle.run_id).info.run_name
             if not name.endswith(PRUNED_SUFFIX):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from conftest import make_tiny_bert_qa, make_tiny_distilbert_qa
@@ -10,7 +12,7 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from study.data import build_eval_features
 from study.postprocess import best_spans, postprocess_predictions
-from study.qa import QASettings, QuestionAnswerer
+from study.qa import OutOfTime, QASettings, QuestionAnswerer
 from study.trainer import QuestionAnsweringTrainer
 
 SETTINGS = QASettings(max_length=128, doc_stride=64, n_best=20, max_answer_length=30, batch_size=8)
@@ -66,6 +68,22 @@ def test_batch_size_does_not_change_answers(records, tokenizer):
     assert [a.text for a in answers] == [many[r["id"]].text for r in records]
     with pytest.raises(ValueError):
         qa.predict(["q1", "q2"], ["only one context"])
+
+
+def test_a_deadline_stops_before_the_next_batch(records, tokenizer):
+    """A caller with a time limit (the served model) gets OutOfTime, with how far it got,
+    instead of answers computed after its limit; no deadline answers as before."""
+    qa = QuestionAnswerer(make_tiny_bert_qa(len(tokenizer), seed=2).eval(), tokenizer, SETTINGS)
+    features = qa.windows(records)
+    with pytest.raises(OutOfTime) as info:
+        qa.window_logits(features, batch_size=2, deadline=time.monotonic() - 1)
+    assert (info.value.done, info.value.total) == (0, len(features["input_ids"]))
+    with pytest.raises(OutOfTime):
+        qa.predict([r["question"] for r in records], [r["context"] for r in records],
+                   deadline=time.monotonic() - 1)
+    far = time.monotonic() + 3600
+    assert {k: v.text for k, v in qa.answer_records(records, deadline=far).items()} == \
+        {k: v.text for k, v in qa.answer_records(records).items()}
 
 
 class KeywordQA(torch.nn.Module):

@@ -5,16 +5,22 @@ error path); every case fails before any model is loaded or trained."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
 
-from study.cli import main
+from study.cli import RUN_CHAIN, main
 
 
 def refused(capsys, *args: str) -> str:
-    code = main([*args, "--params", str(REPO_ROOT / "params.yaml"), "--profile", "smoke"])
+    try:
+        code = main([*args, "--params", str(REPO_ROOT / "params.yaml"), "--profile", "smoke"])
+    except SystemExit as exc:  # refused by the command line's parser, as argparse does
+        code = exc.code
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"study {args[0]}: error:"), lines[0]
@@ -27,10 +33,11 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--n-trials", "0"], "--n-trials must be at least 1 (got 0)"),
-    (["--n-trials", "-1"], "--n-trials must be at least 1 (got -1)"),
-    (["--timeout", "0"], "--timeout must be greater than 0 seconds"),
-    (["--timeout", "-5"], "--timeout must be greater than 0 seconds"),
+    (["--n-trials", "0"], "argument --n-trials: must be >= 1, got 0"),
+    (["--n-trials", "-1"], "argument --n-trials: must be >= 1, got -1"),
+    (["--timeout", "0"], "argument --timeout: must be > 0, got 0"),
+    (["--timeout", "-5"], "argument --timeout: must be > 0, got -5"),
+    (["--set", "search.n_trials=0"], "search.n_trials must be greater than or equal to 1 (got 0)"),
 ])
 def test_search_refuses_a_non_positive_session_before_writing(tmp_path, monkeypatch, capsys,
                                                               args, needle):
@@ -76,3 +83,38 @@ def test_bench_takes_one_measurement_a_call(capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert exit_.value.code == 2
     assert lines == ["study bench: error: argument --gpu: not allowed with argument --pruning"]
+
+
+def test_an_unknown_argument_is_refused_by_its_command(capsys):
+    line = refused(capsys, "search", "--bogus", "1")
+    assert line == "study search: error: unrecognized arguments: --bogus 1"
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "--n-trials", "0"], ["seeds", "--add", "0"], ["bench", "--steps", "-3"],
+    ["distill", "--temperature", "0"], ["distill", "--alpha-ce", "1.5"], ["ui", "--port", "70000"],
+    ["search", "--timeout", "abc"],
+], ids=lambda a: " ".join(a))
+def test_bad_numbers_are_refused_before_the_heavy_imports(args):
+    """Refused by the command line's parser, in a fresh interpreter that never imports torch,
+    transformers or MLflow (those take 15-24 s on a busy machine; the refusal, under one)."""
+    code = ("import sys\nfrom study.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as exc:\n    code = exc.code\n"
+            "heavy = [m for m in ('torch', 'transformers', 'mlflow', 'optuna') if m in sys.modules]\n"
+            "print(code, heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120,
+                          check=False)
+    assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"study {args[0]}: error: argument "), lines
+
+
+def test_run_help_names_every_stage_it_runs(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for stage in (*RUN_CHAIN, "distill"):
+        assert stage in text, stage
+    assert "dvc repro" in text

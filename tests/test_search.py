@@ -350,6 +350,13 @@ def test_best_exports_a_registered_champion_student_and_report_builds(ws):
     newest = max(int(v.version) for v in versions)
     champion = c.get_model_version_by_alias("kd-qa-student-smoke", "champion")
     assert int(champion.version) == newest == int(metrics["registered_model"]["version"])
+    # It says what it is; its run is one of its own beside the study, linked, not a child.
+    assert champion.tags["trial"] == str(best.number) and champion.tags["study_name"] == "s5"
+    assert f"Trial {best.number} of study `s5`" in champion.description
+    best_run = c.get_run(metrics["best_run_id"])
+    assert "mlflow.parentRunId" not in best_run.data.tags
+    assert best_run.data.tags["study_run_id"] == metrics["search"]["parent_run_id"]
+    assert champion.tags["mlflow_run_id"] == best_run.info.run_id == champion.run_id
 
     res = study_cli(ws, "report")
     assert (ws / SMOKE.reports.report).exists()

@@ -25,14 +25,16 @@ from conftest import make_tiny_distilbert_qa, study_command
 
 from study.best import log_registered_model
 from study.config import load_config
+from study.layout import Layout
 from study.modeling import save_model
 from study.qa import QASettings, QuestionAnswerer
-from study.serving import CHAMPION
+from study.serving import CHAMPION, SEEDS_HEADING, record_seeds, version_card
 from study.tracking import Tracker
 
 pytestmark = pytest.mark.slow
 NAME = "kd-qa-student-smoke"
 URI = f"models:/{NAME}@{CHAMPION}"
+CARD_PARAMS = {"temperature": 2.0, "alpha_ce": 0.5, "alpha_squad": 0.25}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,12 @@ def store(tmp_path_factory, params_path, distil_tokenizer):
         save_model(make_tiny_distilbert_qa(len(distil_tokenizer), seed=seed), distil_tokenizer,
                    model_dir)
         with tracker.run(f"best-{seed}", "best") as handle:
-            versions.append(log_registered_model(handle, model_dir, cfg))
+            # The second as `study best` registers it: described (the first, as before).
+            card = None if seed == 31 else version_card(
+                study_name="s", trial=3, params=CARD_PARAMS, dev={"exact_match": 10.0, "f1": 20.5},
+                tune_f1=21.25, seed=42, run_id=handle.run_id, trial_run_id="trial-run",
+                report="reports/report.md", profile="smoke", git_commit="abc")
+            versions.append(log_registered_model(handle, model_dir, cfg, card))
     yield {"uri": uri, "cfg": cfg, "versions": versions, "model_dir": model_dir, "root": root}
     mlflow.set_tracking_uri(previous)
 
@@ -91,6 +98,38 @@ def test_champion_is_the_new_version_and_answers_a_dataframe(store, questions, e
     reqs = (local / "requirements.txt").read_text().split()
     assert {r.split("==")[0] for r in reqs} >= {"torch", "transformers", "tokenizers", "mlflow"}
     assert (local / "input_example.json").exists()
+
+
+def test_the_registry_says_what_the_champion_is_and_seeds_add_its_interval(store):
+    client = mlflow.MlflowClient(store["uri"])
+    model = client.get_registered_model(NAME)
+    assert CHAMPION in model.description and "pyfunc.load_model" in model.description
+    assert model.tags == {"project": "kd-qa-study", "profile": "smoke",
+                          "mlflow_experiment": "kd-qa-smoke",
+                          "report": str(Layout.of(store["cfg"]).reports.report)}
+    version = client.get_model_version_by_alias(NAME, CHAMPION)
+    text = version.description
+    assert "Trial 3 of study `s`, the best by tune F1 (21.25)" in text
+    assert "temperature = 2, alpha_ce = 0.5, alpha_squad = 0.25" in text
+    assert "10.00 / 20.50" in text and "reports/report.md" in text
+    assert f"{SEEDS_HEADING}: not yet measured" in text
+    tags = version.tags
+    assert (tags["study_name"], tags["trial"], tags["dev_f1"], tags["alpha_squad"]) == \
+        ("s", "3", "20.50", "0.25")
+    assert tags["mlflow_run_id"] == version.run_id and tags["trial_run_id"] == "trial-run"
+
+    arm = {"seeds": [1, 2, 3], "mean": {"f1": 19.0, "exact_match": 9.0},
+           "ci95": {"f1": [15.5, 22.5], "exact_match": [6.0, 12.0]}}
+    assert record_seeds(client, NAME, "s", 4, arm) is None  # another trial: nothing claimed
+    assert client.get_model_version(NAME, version.version).description == text
+    assert record_seeds(client, NAME, "s", 3, arm) == str(version.version)
+    after = client.get_model_version(NAME, version.version)
+    assert after.description.startswith(text.split(SEEDS_HEADING)[0])
+    assert "not yet measured" not in after.description
+    assert "dev F1 19.00, 95% CI [15.50, 22.50] over seeds and questions" in after.description
+    assert after.tags["dev_f1_seeds_ci95"] == "[15.50, 22.50]" and after.tags["seeds"] == "1,2,3"
+    assert record_seeds(client, NAME, "s", 3, arm) == str(version.version)  # once more
+    assert client.get_model_version(NAME, version.version).description.count(SEEDS_HEADING) == 1
 
 
 def test_the_model_is_logged_into_its_run_which_the_tracker_ends(store):
@@ -246,3 +285,21 @@ def test_study_predict_resolves_a_models_uri(store, questions, expected, tmp_pat
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (got["answer"], got["start"], got["end"]) == \
         (expected[0]["answer"], expected[0]["start"], expected[0]["end"])
+
+
+def test_a_request_past_the_servers_limit_is_a_json_504_not_a_late_answer(champion, questions,
+                                                                          expected, monkeypatch):
+    """Under `mlflow models serve` (which sets MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT), the
+    model stops at a deadline before the server's limit: here a 1 s limit leaves no time."""
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "1")
+    with pytest.raises(MlflowException) as info:
+        champion.predict(questions)
+    assert info.value.get_http_status_code() == 504
+    body = json.loads(info.value.serialize_as_json())
+    assert body["error_code"] == "DEADLINE_EXCEEDED"
+    assert f"request: {len(questions)} rows" in body["message"]
+    assert "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT" in body["message"]
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "600")  # time enough
+    same_answers(champion.predict(questions).to_dict("records"), expected)

@@ -82,6 +82,8 @@ def test_a_pruned_trial_finishes_tagged_pruned(tracker):
     assert tracker.client.get_run(handle.run_id).info.run_name == "trial-1 (pruned)"
     assert "Pruned by Optuna" in tags["mlflow.note.content"]
     assert "pruned at evaluation 2" in tags["mlflow.note.content"]
+    # Plain text: the runs table shows a description's raw text in its cell.
+    assert not any(mark in tags["mlflow.note.content"] for mark in ("**", "`", "|", "\n"))
 
 
 def test_ctrl_c_kills_the_run(tracker):

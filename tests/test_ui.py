@@ -1,6 +1,6 @@
 """`study ui`: the real MLflow UI on the project's store, on 127.0.0.1. It prints the study's
 runs page (model-training view, the study's columns) only once the server answers, and takes
-the server and its workers down with it on SIGTERM or Ctrl-C."""
+the server down with it however it ends: SIGTERM, Ctrl-C, or SIGKILL (then the guard does)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 from conftest import study_command
 
+from study.tracking import EXPERIMENT_TAGS
 from study.ui import SHARED_VIEW_TAG, VIEW_KEY, port_free
+from study.ui_server import WORKFLOW_KEY
 
 pytestmark = pytest.mark.slow
-WAIT_S = 150  # mlflow ui starts in ~25 s on two busy cores
+WAIT_S = 150  # the server answers in ~15 s at load 8 on two cores
+GONE_S = 15  # the guard's SIGTERM wait (5 s), then SIGKILL; the tree ends well before
 
 
 def free_port() -> int:
@@ -106,13 +109,22 @@ def test_ui_answers_at_the_printed_url_and_goes_down_with_its_server(tmp_path, s
         # The view the URL names holds the study's columns.
         assert match[2] == VIEW_KEY
         tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
-        columns = json.loads(tags[SHARED_VIEW_TAG + VIEW_KEY])["selectedColumns"]
-        for column in ("metrics.`tune_f1`", "metrics.`dev_f1`", "params.`temperature`",
-                       "params.`alpha_ce`", "params.`alpha_squad`"):
-            assert column in columns
+        view = json.loads(tags[SHARED_VIEW_TAG + VIEW_KEY])
+        first = ["metrics.`tune_f1`", "metrics.`dev_f1`", "params.`temperature`",
+                 "params.`alpha_ce`", "params.`alpha_squad`", "tags.`optuna_state`"]
+        assert view["selectedColumns"][:6] == view["columnOrder"][:6] == first
+        assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`tune_f1`", False)
+        parallel = view["compareRunCharts"][0]
+        assert parallel["type"] == "PARALLEL" and parallel["selectedMetrics"] == ["tune_f1"]
+        for key, value in EXPERIMENT_TAGS.items():
+            assert tags[key] == value
+        # Every page of the UI sets the training view before the app reads it.
+        assert f'g("{WORKFLOW_KEY}")===null'.encode() in page
+        assert b'"\\"machine_learning\\""' in page
 
         started = descendants(proc.pid)
-        assert started, "mlflow ui runs as a child of study ui"
+        # The guard and the server: no uvicorn workers, job runner or huey consumers.
+        assert len(started) == 2, [Path(f"/proc/{p}/cmdline").read_bytes() for p in started]
         os.kill(proc.pid, stop_signal)  # study ui alone, as `kill PID` or Ctrl-C reaches it
         proc.wait(timeout=60)
         left = [pid for pid in started if alive(pid)]
@@ -125,3 +137,52 @@ def test_ui_answers_at_the_printed_url_and_goes_down_with_its_server(tmp_path, s
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def start_ui(cwd: Path, port: int) -> tuple[subprocess.Popen, queue.Queue, list[str]]:
+    cmd, env = study_command("ui", "--port", str(port))
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen: list[str] = []
+    lines = lines_of(proc)
+    wait_for(lines, rf"http://127\.0\.0\.1:{port}/#/experiments/\d+/runs", seen)
+    return proc, lines, seen
+
+
+def gone_within(pids: set[int], seconds: float) -> list[int]:
+    """The pids still running after `seconds` (polled: processes end on their own time)."""
+    deadline = time.monotonic() + seconds
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_ui_killed_with_sigkill_leaves_no_server_and_its_port_starts_again(tmp_path):
+    """SIGKILL runs no handler of `study ui`: the guard sees the pipe close and takes the
+    server down; the same port then serves a new `study ui`."""
+    port = free_port()
+    proc, _, _ = start_ui(tmp_path, port)
+    started = descendants(proc.pid)
+    again = None
+    try:
+        assert started
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert gone_within(started, GONE_S) == [], "processes outlived study ui"
+        assert port_free(port), f"port {port} still taken"
+
+        again, _, _ = start_ui(tmp_path, port)
+        status, _ = get(f"http://127.0.0.1:{port}/health")
+        assert status == 200
+        restarted = descendants(again.pid)
+        again.send_signal(signal.SIGTERM)
+        again.wait(timeout=60)
+        assert gone_within(restarted, GONE_S) == []
+    finally:
+        for p in [proc, again]:
+            if p is None:
+                continue
+            for pid in [p.pid, *descendants(p.pid)]:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            p.wait(timeout=30)
