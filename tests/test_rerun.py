@@ -24,8 +24,9 @@ from study.layout import Layout
 
 slow = pytest.mark.slow
 # Every command of the workspace: one torch thread (recorded, so each rerun trains with it),
-# and the learning rate searched, so trial 1 can be one that the pruner stops.
-SETTINGS = ("--set", "runtime.threads=1",
+# the learning rate searched and batches of one, so trial 1 can be one that the pruner stops
+# (against trial 0, a batch before it).
+SETTINGS = ("--set", "runtime.threads=1", "--set", "search.batch=1",
             "--set", "search.learning_rate={low: 1.0e-9, high: 1.0e-3, log: true}")
 SMOKE = Layout.of(load_config(REPO_ROOT / "params.yaml", "smoke"))
 EXPERIMENT = "kd-qa-smoke"
