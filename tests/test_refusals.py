@@ -76,3 +76,22 @@ def test_bench_takes_one_measurement_a_call(capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert exit_.value.code == 2
     assert lines == ["study bench: error: argument --gpu: not allowed with argument --pruning"]
+
+
+def test_bench_flags_dispatch_to_the_module_each_declares():
+    """study.bench.MEASUREMENTS is the one table: every flag the parser takes runs its module's
+    `run`, with the options it names; no flag runs the default measurement (the cache)."""
+    import importlib
+    import inspect
+
+    from study.bench import MEASUREMENTS, chosen
+    from study.cli import build_parser
+
+    parser = build_parser()
+    for m in MEASUREMENTS:
+        argv = ["bench"] + ([] if m.flag is None else [m.flag] + (["3"] if m.number else []))
+        args = parser.parse_args(argv)
+        assert chosen(args) is m
+        run = importlib.import_module(f"study.bench.{m.module}").run
+        assert set(m.kwargs(args)) <= set(inspect.signature(run).parameters) - {"cfg"}
+    assert chosen(parser.parse_args(["bench"])).module == "cache"
