@@ -4,6 +4,7 @@ reports/bench.json with the environment it ran in (`study.bench.common`). No DVC
 them, and no stage imports them: nothing here changes a number of the study.
 
     study bench                    # cache: plain vs live-teacher vs cached-teacher training
+    study bench --cpu              # cpu: GEMM rate, bare vs project step, a trial's time split
     study bench --pruning          # pruning: the seeded search with and without its pruner
     study bench --intervals        # intervals: each interval method on simulated studies
 
@@ -47,6 +48,10 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 MEASUREMENTS = (
     Measurement("cache", None, "time plain fine-tuning vs live-teacher vs cached-teacher "
                 "distillation (the default measurement)",
+                kwargs=lambda a: {"steps": a.steps}),
+    Measurement("cpu", "--cpu", "instead: this CPU's fp32 GEMM rate, a bare PyTorch training "
+                "step of the student vs the project's step (1 and 2 threads), two 1-thread "
+                "processes vs one 2-thread process, and one search trial's time split",
                 kwargs=lambda a: {"steps": a.steps}),
     Measurement("pruning", "--pruning", "instead: the same seeded search with and without the "
                 "pruner",
