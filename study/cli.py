@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pruners", default=None,
                    help="with --pruning: comma-separated arms to run (default: none and "
                         "search.pruner); arms already in reports/bench.json are kept")
+    b.add_argument("--parts", default=None,
+                   help="with --cpu: comma-separated parts (default gemm,step,processes,trial; "
+                        "compile measures torch.compile, minutes)")
     b.add_argument("--from-study", action="store_true",
                    help="with --pruning: the configured pruner's arm is the search stage's own "
                         "study (its first --n-configs trials), not run again")

@@ -70,6 +70,18 @@ def test_prepare_refuses_blank_answers_and_questions(tmp_path, monkeypatch, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["local.json"]
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--parts", "gemm,nope"], "no --cpu part nope"),
+    (["--steps", "1"], "--steps must be at least 2 for --cpu (got 1)"),
+])
+def test_bench_cpu_refuses_unknown_parts_and_too_few_steps(capsys, tmp_path, monkeypatch,
+                                                           args, needle):
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, "bench", "--cpu", *args)
+    assert needle in line
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a scratch prepare
+
+
 def test_bench_takes_one_measurement_a_call(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--pruning", "--gpu", "--profile", "smoke"])

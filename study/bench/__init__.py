@@ -52,7 +52,8 @@ MEASUREMENTS = (
     Measurement("cpu", "--cpu", "instead: this CPU's fp32 GEMM rate, a bare PyTorch training "
                 "step of the student vs the project's step (1 and 2 threads), two 1-thread "
                 "processes vs one 2-thread process, and one search trial's time split",
-                kwargs=lambda a: {"steps": a.steps}),
+                kwargs=lambda a: {"steps": a.steps,
+                                  "parts": tuple(a.parts.split(",")) if a.parts else None}),
     Measurement("pruning", "--pruning", "instead: the same seeded search with and without the "
                 "pruner",
                 kwargs=lambda a: {"n_configs": a.n_configs, "from_study": a.from_study,

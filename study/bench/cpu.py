@@ -28,6 +28,7 @@ import functools
 import hashlib
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -79,6 +80,9 @@ def workspace(cfg: Config) -> Iterator[tuple[Config, str]]:
             save_model(load_qa_model(ref), load_tokenizer(ref), folder)
             teacher = (f"stand-in: {ref} untrained, as no trained teacher is at {trained} "
                        "(the same work, other logits: timings only)")
+        cache = Layout.of(cfg).teacher_cache
+        if cache.is_dir():  # the profile's teacher logits (small): not computed again here
+            shutil.copytree(cache, Layout.of(scratch).teacher_cache)
         yield scratch, teacher
 
 
@@ -208,17 +212,18 @@ def project_block(cfg: Config, steps: int, record: bool = False, barrier=None) -
             "digest": digest(model), "setup": setup, "batches": batches[:steps + 1]}
 
 
-def bare_block(cfg: Config, batches: list[dict]) -> dict:
+def bare_block(cfg: Config, batches: list[dict], fused: bool = True) -> dict:
     """The same batches through the student in a plain PyTorch loop: forward with the
     model's own span loss, backward, torch's fused AdamW (its fastest on the CPU, and the
     Trainer's default) at the recipe's rate and decay; no Trainer, no scheduler, no clipping.
-    Seconds per step after the first, as StepClock."""
+    Seconds per step after the first, as StepClock. `fused` False: torch's default AdamW
+    (on the CPU its for-loop implementation), the Trainer's default in older transformers."""
     from study.modeling import build_student
 
     model, _ = build_student(cfg.student, cfg.seed)
     spec = cfg.student.train
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate,
-                            weight_decay=spec.weight_decay, fused=True)
+                            weight_decay=spec.weight_decay, fused=fused or None)
     transformers.set_seed(cfg.seed)
     model.train()
     ends = []
@@ -237,22 +242,22 @@ def _mean(xs: list[float]) -> float:
 
 
 def steps_bench(cfg: Config, steps: int, repeats: int, peaks: dict, shape: dict,
-                threads=THREADS) -> tuple[dict, dict, dict]:
+                threads=THREADS) -> tuple[dict, dict, dict, list[dict]]:
     """The project's step and the bare one on the same batches, per thread count: project,
     bare, project, bare... (`repeats` of each), so both see the same load. Returns the `step`
-    and `threads` parts and the first block's setup (the once-per-process work)."""
+    and `threads` parts, the first block's setup (the once-per-process work) and the batches."""
     batches: list[dict] | None = None
     rows, runs, first_setup = {}, defaultdict(list), None
     for t in threads:
         torch.set_num_threads(t)
-        project, bare, loads = [], [], []
+        project, bare, unfused, loads = [], [], [], []
         for _ in range(repeats):
             p = project_block(cfg, steps, record=batches is None)
             if batches is None:
                 batches, first_setup = p["batches"], p["setup"]
-            b = bare_block(cfg, batches)
             project.append(_mean(p["seconds"]))
-            bare.append(_mean(b["seconds"]))
+            bare.append(_mean(bare_block(cfg, batches)["seconds"]))
+            unfused.append(_mean(bare_block(cfg, batches, fused=False)["seconds"]))
             runs[t].append(p)
             loads.append(load())
         flops = _mean([step_flops(shape, *x["input_ids"].shape) for x in batches[1:]])
@@ -263,6 +268,7 @@ def steps_bench(cfg: Config, steps: int, repeats: int, peaks: dict, shape: dict,
             "project_over_bare": round(p_s / b_s, 3),
             "project_step_ms_runs": [round(x * 1000, 1) for x in project],
             "bare_step_ms_runs": [round(x * 1000, 1) for x in bare],
+            "bare_default_adamw_over_fused": round(statistics.median(unfused) / b_s, 3),
             "bare_gflops": round(gflops, 1), "project_gflops": round(flops / p_s / 1e9, 1),
             "bare_share_of_gemm_peak": round(gflops / peaks[str(t)]["peak_gflops"], 3),
             "load_average": loads}
@@ -277,7 +283,7 @@ def steps_bench(cfg: Config, steps: int, repeats: int, peaks: dict, shape: dict,
             "project": "study.fit.make_trainer: DistillationTrainer, the project's "
                        "TrainingArguments, distillation loss, cached teacher logits",
             "threads": rows}
-    return step, _threads_part(runs), first_setup
+    return step, _threads_part(runs), first_setup, batches
 
 
 def _threads_part(runs: dict[int, list[dict]]) -> dict:
@@ -335,6 +341,76 @@ def processes(cfg: Config, steps: int, repeats: int) -> dict:
             "two_1thread_processes_steps_per_second": [round(x, 3) for x in two],
             "two_over_one": round(statistics.median(b / a for a, b in zip(one, two)), 3),
             "load_average": loads}
+
+
+# --------------------------------------------------------------------------- torch.compile
+def _compiled_child(cfg: Config, batches: list[dict], compiled: bool, queue) -> None:
+    from study.modeling import build_student
+
+    torch.set_num_threads(1)
+    model, _ = build_student(cfg.student, cfg.seed)
+    spec = cfg.student.train
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate,
+                            weight_decay=spec.weight_decay, fused=True)
+    forward = torch.compile(model) if compiled else model
+    transformers.set_seed(cfg.seed)
+    model.train()
+    seconds, losses = [], []
+    for b in batches:
+        t0 = time.perf_counter()
+        loss = forward(**b).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - t0)
+        losses.append(float(loss))
+    queue.put({"seconds": seconds, "losses": losses})
+
+
+def _compiled_run(cfg: Config, batches: list[dict], compiled: bool, cache_dir: Path) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    # Inductor reads its cache folder from the environment as the child starts.
+    with mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": str(cache_dir)}):
+        proc = ctx.Process(target=_compiled_child, args=(cfg, batches, compiled, queue),
+                           daemon=True)
+        proc.start()
+    try:
+        return queue.get(timeout=3600)
+    except Exception:  # noqa: BLE001
+        raise StudyError(f"bench --cpu: the compile run failed (exit {proc.exitcode})") from None
+    finally:
+        proc.join(timeout=60)
+
+
+def compile_part(cfg: Config, batches: list[dict], recipe_steps: int) -> dict:
+    """torch.compile (inductor) on the student against eager, 1 thread, each a new process on
+    the project's batches (their lengths vary: the second length makes inductor compile a
+    dynamic-shape graph that later lengths reuse). Compiled first with an empty inductor cache
+    (a machine's first training pays that), then again with the cache it left. Kept only if
+    its compile time is paid back within one training of the recipe and two compiled runs
+    train the same losses."""
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-inductor-") as cache:
+        eager = _compiled_run(cfg, batches, False, Path(cache))
+        cold = _compiled_run(cfg, batches, True, Path(cache))
+        warm = _compiled_run(cfg, batches, True, Path(cache))
+    e_step = statistics.median(eager["seconds"][2:])
+    c_step = statistics.median(cold["seconds"][2:] + warm["seconds"][2:])
+    extra = sum(cold["seconds"][:2]) - 2 * e_step
+    saving = e_step - c_step
+    payback = extra / saving if saving > 0 else None
+    return {
+        "threads": 1, "steps": len(batches), "recipe_steps": recipe_steps,
+        "eager_step_ms": round(e_step * 1000, 1), "compiled_step_ms": round(c_step * 1000, 1),
+        "first_two_steps_seconds": {"eager": [round(x, 1) for x in eager["seconds"][:2]],
+                                    "compiled_empty_cache": [round(x, 1) for x in cold["seconds"][:2]],
+                                    "compiled_warm_cache": [round(x, 1) for x in warm["seconds"][:2]]},
+        "compile_seconds_empty_cache": round(extra, 1),
+        "payback_steps": round(payback, 1) if payback is not None else None,
+        "pays_back_within_one_training": payback is not None and payback <= recipe_steps,
+        "compiled_runs_identical": cold["losses"] == warm["losses"],
+        "compiled_equals_eager": cold["losses"] == eager["losses"],
+        "load_average": load()}
 
 
 # --------------------------------------------------------------------------- one trial
@@ -435,12 +511,23 @@ def trial(cfg: Config, threads: int) -> dict:
 
 
 # --------------------------------------------------------------------------- the command
+PARTS = ("gemm", "step", "processes", "trial")  # and "compile", asked for by name
+
+
 def run(cfg: Config, steps: int | None = None, repeats: int = 2, trial_threads: int | None = None,
-        parts: tuple[str, ...] = ("gemm", "step", "processes", "trial")) -> dict:
-    """Every part into reports/bench.json `cpu` (`steps` timed steps a block, default 10)."""
+        parts: tuple[str, ...] | None = None) -> dict:
+    """`parts` (default PARTS) into reports/bench.json `cpu`, `steps` timed steps a block
+    (default 10). Each part is written as soon as it ends."""
+    import math
+
     from study.modeling import build_student
 
     steps = steps or 10
+    parts = tuple(parts or PARTS)
+    unknown = sorted(set(parts) - {*PARTS, "compile"})
+    if unknown:
+        raise StudyError(f"no --cpu part {', '.join(unknown)}: choose from "
+                         f"{', '.join((*PARTS, 'compile'))}")
     if steps < 2:
         raise StudyError(f"--steps must be at least 2 for --cpu (got {steps})")
     default_threads = torch.get_num_threads()
@@ -451,29 +538,41 @@ def run(cfg: Config, steps: int | None = None, repeats: int = 2, trial_threads: 
     section: dict = {"profile": cfg.profile, "student": {
         "init": cfg.student.init, "layers": list(cfg.student.layers or []), **shape},
         "batch_size": spec.batch_size, "max_length": cfg.data.max_length,
-        "cores": os.cpu_count(), "load_average_start": load()}
+        "cores": os.cpu_count(), "parts": list(parts), "load_average_start": load()}
     try:
         with workspace(cfg) as (scratch, teacher):
             section["teacher"] = teacher
             if "gemm" in parts:
                 section["gemm"] = gemm(shape)
                 write_section(cfg, "cpu", section)
-            if "step" in parts:
+            if {"step", "compile"} & set(parts):
                 peaks = section.get("gemm") or gemm(shape, seconds=0.3)
-                section["step"], section["threads"], setup = steps_bench(
-                    scratch, steps, repeats, peaks, shape)
-                section["once_per_process_seconds"] = {k: round(v, 2) for k, v in setup.items()}
-                write_section(cfg, "cpu", section)
+                step, threads, setup, batches = steps_bench(scratch, steps, repeats, peaks, shape)
+                if "step" in parts:
+                    section.update(step=step, threads=threads, once_per_process_seconds={
+                        k: round(v, 2) for k, v in setup.items()})
+                    write_section(cfg, "cpu", section)
             if "processes" in parts:
                 section["processes"] = processes(scratch, steps, repeats)
                 write_section(cfg, "cpu", section)
             if "trial" in parts:
                 section["trial"] = trial(scratch, trial_threads)
+                write_section(cfg, "cpu", section)
+            if "compile" in parts:
+                n = math.ceil(spec.epochs * math.ceil(_train_windows(scratch) / spec.batch_size))
+                section["compile"] = compile_part(scratch, batches, n)
     finally:
         torch.set_num_threads(default_threads)
     section = write_section(cfg, "cpu", section)
     _print(section)
     return section
+
+
+def _train_windows(cfg: Config) -> int:
+    from study.fit import data_windows, n_train_windows
+    from study.modeling import build_student
+
+    return n_train_windows(data_windows(cfg, build_student(cfg.student, cfg.seed)[1])[2])
 
 
 def _print(s: dict) -> None:
@@ -492,6 +591,12 @@ def _print(s: dict) -> None:
         p = s["processes"]
         print(f"cpu: two 1-thread processes make x{p['two_over_one']} the steps of one 2-thread "
               f"process (load {p['load_average']})")
+    if "compile" in s:
+        c = s["compile"]
+        print(f"cpu: torch.compile: {c['compile_seconds_empty_cache']} s to compile, step "
+              f"{c['compiled_step_ms']} ms vs {c['eager_step_ms']} ms eager; pays back within one "
+              f"training: {c['pays_back_within_one_training']}; compiled runs identical: "
+              f"{c['compiled_runs_identical']}")
     if "trial" in s:
         tr = s["trial"]
         print(f"cpu: one trial ({tr['steps']} steps, {tr['threads']} threads) "
