@@ -72,7 +72,7 @@ class QuestionAnswerer:
         """Start and end logits of each window, rows padded with -100 past its length."""
         from tqdm.auto import tqdm
 
-        from study.windows import pad_batch
+        from study.windows import longest_first, pad_batch
 
         bs = batch_size or self.settings.batch_size
         cols = [c for c in MODEL_INPUTS if c in features]
@@ -82,15 +82,17 @@ class QuestionAnswerer:
         ends = np.full((n, width), -100.0, dtype=np.float32)
         self.model.eval()
         device = next(self.model.parameters()).device
+        order = longest_first(features["input_ids"])  # batches that pad little
         for i in tqdm(range(0, n, bs), desc="answering", unit="batch",
                       disable=not progress or n <= bs):
-            rows = {c: features[c][i:i + bs] for c in cols}
+            idx = order[i:i + bs]
+            rows = {c: [features[c][j] for j in idx] for c in cols}
             batch = {k: v.to(device) for k, v in pad_batch(rows, self.tokenizer).items()}
             with inference_autocast(self.precision, device):
                 out = self.model(**model_inputs(self.model, batch))
             length = out.start_logits.shape[1]
-            starts[i:i + bs, :length] = out.start_logits.float().cpu().numpy()
-            ends[i:i + bs, :length] = out.end_logits.float().cpu().numpy()
+            starts[idx, :length] = out.start_logits.float().cpu().numpy()
+            ends[idx, :length] = out.end_logits.float().cpu().numpy()
         return starts, ends
 
     def spans(self, records: Sequence[dict], features, starts: np.ndarray,

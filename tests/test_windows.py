@@ -240,3 +240,11 @@ def test_pad_batch_is_what_the_collator_makes(splits, request, tok):
     assert got.keys() == set(want.keys())
     for k in got:
         assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+
+
+def test_longest_first_orders_windows_by_length_stably():
+    from study.windows import longest_first
+
+    ids = [[1] * 3, [1] * 5, [1] * 3, [1] * 7, [1] * 5]
+    assert longest_first(ids).tolist() == [3, 1, 4, 0, 2]  # ties keep the split's order
+    assert longest_first([]).tolist() == []
