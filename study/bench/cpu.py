@@ -77,6 +77,7 @@ def workspace(cfg: Config) -> Iterator[tuple[Config, str]]:
             teacher = f"trained: {trained}"
         else:
             ref = cfg.teacher.checkpoint or cfg.teacher.init
+            transformers.set_seed(cfg.seed)  # its head's init: the same stand-in every time
             save_model(load_qa_model(ref), load_tokenizer(ref), folder)
             teacher = (f"stand-in: {ref} untrained, as no trained teacher is at {trained} "
                        "(the same work, other logits: timings only)")
