@@ -145,6 +145,30 @@ def digest(model) -> str:
 
 
 # --------------------------------------------------------------------------- the two steps
+def warm(cfg: Config) -> dict:
+    """What a search does once per process and data version before its first trial trains
+    (seconds): the student's build, the windows, the teacher-logit cache (built, or found).
+    Done first, so the parts after it time what every later trial does."""
+    from study import teacher as teacher_stage
+    from study.fit import data_windows, make_trainer
+    from study.modeling import build_student
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model, tokenizer = build_student(cfg.student, cfg.seed)
+    seconds["model_build"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    splits, _, windows = data_windows(cfg, tokenizer)
+    seconds["windows"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-warm-") as out:
+        _, seconds["teacher_cache"] = make_trainer(
+            cfg, model=model, tokenizer=tokenizer, spec=cfg.student.train, splits=splits,
+            windows=windows, out_dir=Path(out), seed=cfg.seed, distill=cfg.distill,
+            teacher=lambda: teacher_stage.load_trained(cfg)[0],
+            teacher_dir=teacher_stage.trained_folder(cfg))
+    return {k: round(v, 2) for k, v in seconds.items()}
+
+
 class StepClock(TrainerCallback):
     """The time between consecutive step ends: everything a step costs the Trainer (batch,
     forward, loss, backward, clipping, optimizer, scheduler, callbacks). The first step (its
@@ -168,21 +192,16 @@ class StepClock(TrainerCallback):
 def project_block(cfg: Config, steps: int, record: bool = False, barrier=None) -> dict:
     """`steps` + 1 steps of the project's training as a search trial builds it
     (study.fit.make_trainer, the distillation settings of `cfg`), evaluation off: seconds per
-    step, the losses, a digest of the weights, the setup's parts and (`record`) the batches."""
+    step, the losses, a digest of the weights and (`record`) the batches."""
     from study import teacher as teacher_stage
     from study.fit import data_windows, make_trainer
     from study.modeling import build_student
 
-    setup: dict[str, float] = {}
-    t0 = time.perf_counter()
     model, tokenizer = build_student(cfg.student, cfg.seed)
-    setup["model_build"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     splits, _, windows = data_windows(cfg, tokenizer)
-    setup["windows"] = time.perf_counter() - t0
     spec = cfg.student.train.replace(max_steps=steps + 1, evals_per_epoch=0)
     with tempfile.TemporaryDirectory(prefix="bench-cpu-step-") as out:
-        trainer, setup["teacher_cache"] = make_trainer(
+        trainer, _ = make_trainer(
             cfg, model=model, tokenizer=tokenizer, spec=spec, splits=splits, windows=windows,
             out_dir=Path(out), seed=cfg.seed, distill=cfg.distill,
             teacher=lambda: teacher_stage.load_trained(cfg)[0],
@@ -210,7 +229,7 @@ def project_block(cfg: Config, steps: int, record: bool = False, barrier=None) -
         trainer.train()
     # The dataloader fetches a batch ahead: the last one recorded was never trained on.
     return {"seconds": clock.seconds(), "losses": [float(x) for x in losses],
-            "digest": digest(model), "setup": setup, "batches": batches[:steps + 1]}
+            "digest": digest(model), "batches": batches[:steps + 1]}
 
 
 def bare_block(cfg: Config, batches: list[dict], fused: bool = True) -> dict:
@@ -243,19 +262,19 @@ def _mean(xs: list[float]) -> float:
 
 
 def steps_bench(cfg: Config, steps: int, repeats: int, peaks: dict, shape: dict,
-                threads=THREADS) -> tuple[dict, dict, dict, list[dict]]:
+                threads=THREADS) -> tuple[dict, dict, list[dict]]:
     """The project's step and the bare one on the same batches, per thread count: project,
     bare, project, bare... (`repeats` of each), so both see the same load. Returns the `step`
-    and `threads` parts, the first block's setup (the once-per-process work) and the batches."""
+    and `threads` parts and the batches."""
     batches: list[dict] | None = None
-    rows, runs, first_setup = {}, defaultdict(list), None
+    rows, runs = {}, defaultdict(list)
     for t in threads:
         torch.set_num_threads(t)
         project, bare, unfused, loads = [], [], [], []
         for _ in range(repeats):
             p = project_block(cfg, steps, record=batches is None)
             if batches is None:
-                batches, first_setup = p["batches"], p["setup"]
+                batches = p["batches"]
             project.append(_mean(p["seconds"]))
             bare.append(_mean(bare_block(cfg, batches)["seconds"]))
             unfused.append(_mean(bare_block(cfg, batches, fused=False)["seconds"]))
@@ -284,7 +303,7 @@ def steps_bench(cfg: Config, steps: int, repeats: int, peaks: dict, shape: dict,
             "project": "study.fit.make_trainer: DistillationTrainer, the project's "
                        "TrainingArguments, distillation loss, cached teacher logits",
             "threads": rows}
-    return step, _threads_part(runs), first_setup, batches
+    return step, _threads_part(runs), batches
 
 
 def _threads_part(runs: dict[int, list[dict]]) -> dict:
@@ -477,7 +496,7 @@ def _timed_parts(parts: Parts) -> None:
 
 def trial(cfg: Config, threads: int) -> dict:
     """One search trial (the authors' setting, the study's first) as `study search` runs it,
-    after the search's once-per-process work (windows, teacher cache, the MLflow store),
+    after the search's once-per-process work (`warm`, and the MLflow store's tables here),
     timed by part."""
     import optuna
 
@@ -543,15 +562,15 @@ def run(cfg: Config, steps: int | None = None, repeats: int = 2, trial_threads: 
     try:
         with workspace(cfg) as (scratch, teacher):
             section["teacher"] = teacher
+            section["once_per_process_seconds"] = warm(scratch)
             if "gemm" in parts:
                 section["gemm"] = gemm(shape)
                 write_section(cfg, "cpu", section)
             if {"step", "compile"} & set(parts):
                 peaks = section.get("gemm") or gemm(shape, seconds=0.3)
-                step, threads, setup, batches = steps_bench(scratch, steps, repeats, peaks, shape)
+                step, threads, batches = steps_bench(scratch, steps, repeats, peaks, shape)
                 if "step" in parts:
-                    section.update(step=step, threads=threads, once_per_process_seconds={
-                        k: round(v, 2) for k, v in setup.items()})
+                    section.update(step=step, threads=threads)
                     write_section(cfg, "cpu", section)
             if "processes" in parts:
                 section["processes"] = processes(scratch, steps, repeats)
