@@ -14,12 +14,17 @@ machine can do; into reports/bench.json `cpu`, each part with the load average i
 - `processes`: two 1-thread processes training side by side against one 2-thread process
   (steps a second, both made by the project's step).
 - `trial`: one search trial (study.search.Objective on the profile's recipe) timed by part:
-  training steps, tune evaluations, final scoring, fixed work, tracking (MLflow), saving.
+  training steps, tune evaluations, final scoring, fixed work, tracking (MLflow), saving;
+  after `once_per_process_seconds` (the student's build, the windows, the teacher cache),
+  which a search pays before its first trial only.
+- `compile` (asked for by name, `--parts ...,compile`: minutes): torch.compile (inductor) on
+  the student against eager, its compile time against the steps it saves in one training,
+  and whether two compiled runs train the same losses.
 
 It runs in a scratch copy of the profile (its data prepared there, MLflow there): nothing of
-the checkout is written but reports/bench.json. The profile's trained teacher is used when
-there is one, else an untrained stand-in of the same shape (the same work, other logits; the
-section says which).
+the checkout is written but reports/bench.json. The profile's trained teacher (and its
+logits, when cached) is used when there is one, else an untrained stand-in of the same shape
+(the same work, other logits; the section says which).
 """
 
 from __future__ import annotations
@@ -298,6 +303,7 @@ def steps_bench(cfg: Config, steps: int, repeats: int, peaks: dict, shape: dict,
             "flops_per_step": round(_mean([step_flops(shape, *x["input_ids"].shape)
                                            for x in batches[1:]]) / 1e9, 2),
             "flops_unit": "GFLOP", "target_project_over_bare": 1.2,
+            "how": "ms a step: the mean over a block's timed steps, the median over blocks",
             "bare": "plain PyTorch loop: forward with the model's span loss, backward, "
                     "torch.optim.AdamW(fused=True), zero_grad",
             "project": "study.fit.make_trainer: DistillationTrainer, the project's "
