@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from study.bench import MEASUREMENTS
 from study.errors import StudyError
 
 # The main job: the whole study. The standalone `distill` stage is left out: the search's
@@ -129,31 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--add", type=COUNT, default=None, metavar="N",
                     help="train N more seeds and pool them with the recorded ones")
     add("report", "regenerate reports/ (tables, figures) from the exported results")
-    b = add("bench", "time plain fine-tuning vs live-teacher vs cached-teacher distillation")
-    b.add_argument("--steps", type=COUNT, default=None, help="training steps per variant")
+    b = add("bench", "measure the study's machinery, one measurement a call, into "
+                     "reports/bench.json (default: the teacher-logit cache)")
+    b.add_argument("--steps", type=COUNT, default=None,
+                   help="training steps per variant (the cache, --cpu and --gpu measurements)")
     mode = b.add_mutually_exclusive_group()  # one measurement a call
-    mode.add_argument("--pruning", action="store_true",
-                   help="instead: the same seeded search with and without the pruner")
-    mode.add_argument("--fixed-cost", action="store_true",
-                   help="instead: per-trial fixed work (windows, teacher, cache key) at SQuAD's "
-                        "size, before and after it was done once per data version")
-    mode.add_argument("--input-pipeline", action="store_true",
-                   help="instead: the training dataloader, collation and cached-logit lookup at "
-                        "32 x 384 with no model (batches/s)")
-    mode.add_argument("--gpu", action="store_true",
-                   help="instead (on a CUDA GPU): bare training loop vs the project's step, the "
-                        "teacher pass rate and the GPU-busy share")
-    mode.add_argument("--workers", type=COUNT, default=None, metavar="N",
-                   help="instead: N `study search` workers on one new study in search.storage "
-                        "(PostgreSQL): the peak number of database backends")
+    for m in MEASUREMENTS:  # declared once, in study.bench
+        if m.flag is not None:
+            mode.add_argument(m.flag, help=m.help, **(
+                {"type": COUNT, "default": None, "metavar": m.number} if m.number
+                else {"action": "store_true"}))
     b.add_argument("--n-configs", type=COUNT, default=None,
                    help="configurations per search with --pruning (default: search.n_trials)")
     b.add_argument("--pruners", default=None,
                    help="with --pruning: comma-separated arms to run (default: none and "
                         "search.pruner); arms already in reports/bench.json are kept")
-    mode.add_argument("--intervals", action="store_true",
-                   help="instead: each interval method on simulated studies (false positives "
-                        "and power at 3 and 5 seeds)")
+    b.add_argument("--parts", default=None,
+                   help="with --cpu: comma-separated parts (default gemm,step,processes,trial; "
+                        "compile measures torch.compile, minutes)")
     b.add_argument("--from-study", action="store_true",
                    help="with --pruning: the configured pruner's arm is the search stage's own "
                         "study (its first --n-configs trials), not run again")
@@ -181,13 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _common_argv(args: argparse.Namespace) -> list[str]:
-    """The command line's --params/--profile/--set, for a `study` subprocess."""
-    argv = [] if args.params is None else ["--params", args.params]
-    argv += [] if args.profile is None else ["--profile", args.profile]
-    return argv + [a for kv in args.overrides for a in ("--set", kv)]
-
-
 def _stage(name: str):
     return importlib.import_module(f"study.{name}")
 
@@ -204,23 +191,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         _stage("search").run(cfg, n_trials=args.n_trials, timeout=args.timeout,
                              storage=args.storage, study_name=args.study_name)
     elif cmd == "bench":
-        bench = _stage("bench")
-        if args.pruning:
-            bench.pruning(cfg, n_configs=args.n_configs,
-                          pruners=args.pruners.split(",") if args.pruners else None,
-                          from_study=args.from_study)
-        elif args.intervals:
-            bench.intervals_bench(cfg)
-        elif args.fixed_cost:
-            bench.fixed_cost(cfg)
-        elif args.input_pipeline:
-            bench.input_pipeline(cfg)
-        elif args.gpu:
-            bench.gpu(cfg, steps=args.steps)
-        elif args.workers:
-            bench.workers(cfg, args.workers, _common_argv(args))
-        else:
-            bench.run(cfg, steps=args.steps)
+        from study.bench import chosen
+        chosen(args).run(cfg, args)
     elif cmd == "predict":
         _stage("predict").run(cfg, args.model, data=args.data, out=args.out,
                               question=args.question, context=args.context)

@@ -127,6 +127,11 @@ def training_arguments(cfg: Config, spec: TrainSpec, out_dir: Path, n_features: 
         eval_strategy="steps" if (has_eval and spec.evals_per_epoch) else "no",
         eval_steps=every, logging_steps=logging_steps(n_features, spec),
         report_to="none", use_cpu=dev == "cpu",
+        # torch's fused AdamW, named rather than left to the Trainer's default (which depends
+        # on the transformers and torch versions: the for-loop AdamW in older 4.x releases):
+        # the implementation decides the low bits of every update, and the for-loop one costs
+        # more a step on the CPU (bench.json `cpu`, bare_default_adamw_over_fused).
+        optim="adamw_torch_fused",
         fp16=mp == "fp16", bf16=mp == "bf16", dataloader_num_workers=0,
         # Its per-step NaN/inf check reads the loss off the device every step (a host
         # synchronisation), only to hide a non-finite step from the logged loss; off, a
@@ -304,17 +309,34 @@ def training_tags(trainer, distill: DistillConfig | None, teacher,
 
 
 def score(cfg: Config, model, tokenizer, splits: dict[str, list[dict]], windows: Windows,
-          names: Sequence[str] = ("tune", "dev")) -> tuple[dict[str, dict], dict[str, dict]]:
+          names: Sequence[str] = ("tune", "dev"), answered: dict[str, dict] | None = None
+          ) -> tuple[dict[str, dict], dict[str, dict]]:
     """EM/F1 and answers per split, from the predictor users get (study predict, the served
-    model), on the windows already made for this data version."""
+    model), on the windows already made for this data version. `answered`: answers of this
+    model already found for some splits (the Trainer's evaluation of the final model, which
+    answers as the predictor does), scored without answering again."""
     answerer = QuestionAnswerer(model, tokenizer, QASettings.from_config(cfg),
                                 precision=cfg.runtime.mixed_precision)
     scores, predictions = {}, {}
     for name in names:
-        spans = answerer.answer_records(splits[name], features=windows.eval_columns(name))
-        predictions[name] = {qid: span.text for qid, span in spans.items()}
+        if answered and name in answered:
+            predictions[name] = answered[name]
+        else:
+            spans = answerer.answer_records(splits[name], features=windows.eval_columns(name))
+            predictions[name] = {qid: span.text for qid, span in spans.items()}
         scores[name] = squad_metrics(predictions[name], references(splits[name]))
     return scores, predictions
+
+
+def final_evaluation(trainer) -> dict[str, dict]:
+    """The Trainer's answers on `tune` when its last evaluation was of the final model:
+    transformers 5 evaluates a step-based schedule once more at its last step, so the final
+    tune score need not answer tune again (a ninth of a search trial's inference;
+    bench.json `cpu`, `trial`). Empty when the last evaluation came before the last step."""
+    evals = [e["step"] for e in trainer.state.log_history if "eval_f1" in e]
+    if evals and evals[-1] == trainer.state.global_step and trainer.last_predictions:
+        return {"tune": trainer.last_predictions}
+    return {}
 
 
 def train_columns(train, model, distilling: bool) -> list[str]:
@@ -394,7 +416,8 @@ def fit(cfg: Config, *, role: str, model, tokenizer, spec: TrainSpec, out_dir: P
     if train:
         trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
     train_seconds = time.time() - t0 if train else 0.0
-    scores, predictions = score(cfg, trainer.model, tokenizer, splits, windows)
+    scores, predictions = score(cfg, trainer.model, tokenizer, splits, windows,
+                                answered=final_evaluation(trainer) if train else None)
     curve, losses = _history(trainer)
     doc = {
         "role": role, "profile": cfg.profile, "seed": seed,

@@ -84,7 +84,7 @@ class QuestionAnswerer:
         busy CPU), so a caller with a time limit stops within it instead of computing on."""
         from tqdm.auto import tqdm
 
-        from study.windows import pad_batch
+        from study.windows import longest_first, pad_batch
 
         bs = batch_size or self.settings.batch_size
         cols = [c for c in MODEL_INPUTS if c in features]
@@ -95,18 +95,20 @@ class QuestionAnswerer:
         self.model.eval()
         device = next(self.model.parameters()).device
         last = 0.0  # seconds the previous batch took
+        order = longest_first(features["input_ids"])  # batches that pad little
         for i in tqdm(range(0, n, bs), desc="answering", unit="batch",
                       disable=not progress or n <= bs):
             started = time.monotonic()
             if deadline is not None and started + last > deadline:
                 raise OutOfTime(i, n)
-            rows = {c: features[c][i:i + bs] for c in cols}
+            idx = order[i:i + bs]
+            rows = {c: [features[c][j] for j in idx] for c in cols}
             batch = {k: v.to(device) for k, v in pad_batch(rows, self.tokenizer).items()}
             with inference_autocast(self.precision, device):
                 out = self.model(**model_inputs(self.model, batch))
             length = out.start_logits.shape[1]
-            starts[i:i + bs, :length] = out.start_logits.float().cpu().numpy()
-            ends[i:i + bs, :length] = out.end_logits.float().cpu().numpy()
+            starts[idx, :length] = out.start_logits.float().cpu().numpy()
+            ends[idx, :length] = out.end_logits.float().cpu().numpy()
             last = time.monotonic() - started
         return starts, ends
 

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -19,6 +20,7 @@ from study.data import MODEL_INPUTS
 from study.loss import distillation_loss
 from study.metric import squad_metrics
 from study.modeling import forward_args, model_inputs
+from study.windows import longest_first
 
 
 class QuestionAnsweringTrainer(Trainer):
@@ -43,10 +45,13 @@ class QuestionAnsweringTrainer(Trainer):
 
     def _predict_texts(self, features, examples, description: str, prefix: str):
         start = time.time()
-        loader = self.get_eval_dataloader(self._model_columns(features))
+        # Longest windows first, in the predictor's order (study.windows.longest_first): its
+        # batches, so the same answers; rows put back in feature order for post-processing.
+        order = longest_first(features["input_ids"])
+        loader = self.get_eval_dataloader(self._model_columns(features).select(order))
         output = self.evaluation_loop(loader, description=description,
                                       prediction_loss_only=False, metric_key_prefix=prefix)
-        start_logits, end_logits = output.predictions
+        start_logits, end_logits = (_in_feature_order(a, order) for a in output.predictions)
         texts = self.post_process_function(examples, features, start_logits, end_logits)
         refs = {e["id"]: list(e["answers"]["text"]) for e in examples}
         scores = squad_metrics(texts, refs)
@@ -78,6 +83,12 @@ class QuestionAnsweringTrainer(Trainer):
         texts, metrics = self._predict_texts(test_dataset, test_examples, "Prediction",
                                              metric_key_prefix)
         return texts, metrics
+
+
+def _in_feature_order(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
 
 
 class DistillationTrainer(QuestionAnsweringTrainer):

@@ -214,6 +214,16 @@ def padded_rows(ds, tokenizer, columns: list[str] | None = None) -> PaddedWindow
     return _pad_table(table, _pads(tokenizer))
 
 
+def longest_first(input_ids) -> np.ndarray:
+    """The order to answer windows in: longest first (stable), so that a batch of windows pads
+    to about their own length rather than to the longest of whichever windows sit beside
+    them in the split. On the default profile that is 17% fewer tokens for `tune` and 25%
+    for `dev`. A window's logits are the same numbers up to the last bits whatever its batch
+    (the padded length changes the order of some sums), and the same for the same order."""
+    lengths = np.fromiter((len(ids) for ids in input_ids), dtype=np.int64)
+    return np.argsort(-lengths, kind="stable")
+
+
 def pad_batch(rows: dict[str, list[list[int]]], tokenizer) -> dict[str, torch.Tensor]:
     """A batch of token columns (lists of ids) padded as DataCollatorWithPadding pads them,
     without its per-row conversions (the predictor's path: windows made on the fly)."""

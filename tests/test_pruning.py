@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from study.bench import replay, same_configurations
+from study.bench.pruning import replay, same_configurations
 from study.config import load_config
 from study.errors import StudyError
 from study.search import PRUNERS, evaluation_rounds, make_pruner

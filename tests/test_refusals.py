@@ -77,6 +77,18 @@ def test_prepare_refuses_blank_answers_and_questions(tmp_path, monkeypatch, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["local.json"]
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--parts", "gemm,nope"], "no --cpu part nope"),
+    (["--steps", "1"], "--steps must be at least 2 for --cpu (got 1)"),
+])
+def test_bench_cpu_refuses_unknown_parts_and_too_few_steps(capsys, tmp_path, monkeypatch,
+                                                           args, needle):
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, "bench", "--cpu", *args)
+    assert needle in line
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a scratch prepare
+
+
 def test_bench_takes_one_measurement_a_call(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--pruning", "--gpu", "--profile", "smoke"])
@@ -118,3 +130,22 @@ def test_run_help_names_every_stage_it_runs(capsys):
     for stage in (*RUN_CHAIN, "distill"):
         assert stage in text, stage
     assert "dvc repro" in text
+
+
+def test_bench_flags_dispatch_to_the_module_each_declares():
+    """study.bench.MEASUREMENTS is the one table: every flag the parser takes runs its module's
+    `run`, with the options it names; no flag runs the default measurement (the cache)."""
+    import importlib
+    import inspect
+
+    from study.bench import MEASUREMENTS, chosen
+    from study.cli import build_parser
+
+    parser = build_parser()
+    for m in MEASUREMENTS:
+        argv = ["bench"] + ([] if m.flag is None else [m.flag] + (["3"] if m.number else []))
+        args = parser.parse_args(argv)
+        assert chosen(args) is m
+        run = importlib.import_module(f"study.bench.{m.module}").run
+        assert set(m.kwargs(args)) <= set(inspect.signature(run).parameters) - {"cfg"}
+    assert chosen(parser.parse_args(["bench"])).module == "cache"

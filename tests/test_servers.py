@@ -28,7 +28,7 @@ from conftest import study_command
 from servers import MLFLOW_SERVER_POOL_ENV, mlflow_server, postgres_server
 from test_storage import ROUNDS, WORKERS, race
 
-from study.bench import BackendPeak
+from study.bench.workers import BackendPeak
 from study.storage import STORAGE_CONNECTIONS, open_optuna_storage
 
 pytestmark = pytest.mark.slow

@@ -370,3 +370,21 @@ def test_logits_made_in_reduced_precision_get_their_own_cache_key(distil_tokeniz
     full = cache_key("w", distil_tokenizer, 128, 64, None, "windows")
     assert cache_key("w", distil_tokenizer, 128, 64, None, "windows", "no") == full
     assert cache_key("w", distil_tokenizer, 128, 64, None, "windows", "bf16") != full
+
+
+def test_final_evaluation_reuses_only_an_evaluation_of_the_last_step():
+    """fit scores `tune` from the Trainer's answers only when its last evaluation was of the
+    final model (tests/test_qa.py: evaluation answers exactly as the predictor)."""
+    from types import SimpleNamespace
+
+    from study.fit import final_evaluation
+
+    def trainer(evals, last_step, answers=None):
+        log = [{"step": s, "eval_f1": 1.0} for s in evals] + [{"step": last_step, "loss": 0.5}]
+        return SimpleNamespace(state=SimpleNamespace(log_history=log, global_step=last_step),
+                               last_predictions={"q1": "Paris"} if answers is None else answers)
+
+    assert final_evaluation(trainer([30, 60, 62], 62)) == {"tune": {"q1": "Paris"}}
+    assert final_evaluation(trainer([30, 60], 62)) == {}  # the last evaluation is older
+    assert final_evaluation(trainer([], 62)) == {}
+    assert final_evaluation(trainer([62], 62, answers={})) == {}

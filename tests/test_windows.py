@@ -120,7 +120,7 @@ def test_fixed_cost_bench_tokenises_once_per_data_version(tmp_path, monkeypatch,
     process and a trial of another process reuse them (counted, not timed)."""
     from conftest import make_tiny_bert_qa
 
-    from study import bench
+    from study.bench import fixed_cost
     from study.config import load_config
     from study.modeling import save_model
 
@@ -128,11 +128,11 @@ def test_fixed_cost_bench_tokenises_once_per_data_version(tmp_path, monkeypatch,
     real = data.build_train_features
     monkeypatch.setattr(data, "build_train_features",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(bench, "PAPER_QUESTIONS", {"train": 30, "tune": 8, "dev": 8})
-    monkeypatch.setattr(bench, "_bert_base_teacher", lambda folder: save_model(
+    monkeypatch.setattr(fixed_cost, "PAPER_QUESTIONS", {"train": 30, "tune": 8, "dev": 8})
+    monkeypatch.setattr(fixed_cost, "_bert_base_teacher", lambda folder: save_model(
         make_tiny_bert_qa(tokenizer.vocab_size), tokenizer, folder))
     cfg = load_config(None, "smoke", [f"runtime.reports={tmp_path}"])
-    doc = bench.fixed_cost(cfg)["fixed_cost"]
+    doc = fixed_cost.run(cfg)
     assert len(calls) == 2  # once for `before`, once for the first trial `after`
     assert set(doc["after_seconds"]) == {"first_trial_of_the_data_version",
                                          "later_trial_same_process",
@@ -209,18 +209,19 @@ def test_padded_windows_refuse_what_they_cannot_pad(tmp_path, splits, tokenizer)
 
 
 def test_input_pipeline_bench_times_both_collation_paths(tmp_path):
-    from study import bench
+    from study.bench import input_pipeline
     from study.config import load_config
     from study.files import read_json
 
     cfg = load_config(None, "smoke", [f"runtime.reports={tmp_path}"])
-    bench.input_pipeline(cfg, batches=12, batch_size=8, length=128)
+    input_pipeline.run(cfg, batches=12, batch_size=8, length=128)
     doc = read_json(tmp_path / "bench.json", "benchmark file", "")["input_pipeline"]
     assert set(doc["paths"]) == {"padded_windows", "arrow_rows"}
     assert all(p["batches_per_second"] > 0 for p in doc["paths"].values())
     assert doc["batches_per_second"] == doc["paths"]["padded_windows"]["batches_per_second"]
     assert doc["target_met"] == (doc["batches_per_second"] >= 480)
     assert doc["load_average_1min"] >= 0
+    assert len(doc["environment"]["load_average"]) == 3  # the shared writer's environment
 
 
 @pytest.mark.parametrize("tok", ["tokenizer", "distil_tokenizer"])
@@ -239,3 +240,11 @@ def test_pad_batch_is_what_the_collator_makes(splits, request, tok):
     assert got.keys() == set(want.keys())
     for k in got:
         assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+
+
+def test_longest_first_orders_windows_by_length_stably():
+    from study.windows import longest_first
+
+    ids = [[1] * 3, [1] * 5, [1] * 3, [1] * 7, [1] * 5]
+    assert longest_first(ids).tolist() == [3, 1, 4, 0, 2]  # ties keep the split's order
+    assert longest_first([]).tolist() == []
