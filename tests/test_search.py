@@ -379,8 +379,9 @@ def test_pruning_bench_counts_the_steps_each_search_trained(ws):
     bench = ws / SMOKE.reports.bench
     bench.parent.mkdir(parents=True, exist_ok=True)
     bench.write_text(json.dumps({"other_section": {"kept": True}}))
+    # Hyperband reads its brackets from the storage: batches of one (a config rule).
     study_cli(ws, "bench", "--pruning", "--n-configs", "3", "--set", "search.pruner=hyperband",
-              "--set", "search.pruner_warmup_rounds=1")
+              "--set", "search.pruner_warmup_rounds=1", "--set", "search.batch=1")
     doc = json.loads((ws / SMOKE.reports.bench).read_text())
     assert doc["other_section"] == {"kept": True}  # what other benchmarks wrote is kept
     p = doc["pruning"]
@@ -411,7 +412,7 @@ def test_pruning_bench_counts_the_steps_each_search_trained(ws):
 
     # Adding an arm keeps the arms already measured under the same settings.
     study_cli(ws, "bench", "--pruning", "--n-configs", "3", "--pruners", "median",
-              "--set", "search.pruner_warmup_rounds=1")
+              "--set", "search.pruner_warmup_rounds=1", "--set", "search.batch=1")
     p2 = json.loads((ws / SMOKE.reports.bench).read_text())["pruning"]
     assert set(p2["arms"]) == {"none", "hyperband@1", "median@1"}
     assert p2["arms"]["none"] == off
@@ -419,7 +420,8 @@ def test_pruning_bench_counts_the_steps_each_search_trained(ws):
     # The configured pruner's arm read from a search stage's study is the arm the bench ran:
     # the same configurations, curves and steps (seeded sampler, deterministic training).
     same = ["--set", "search.pruner=hyperband", "--set", "search.pruner_warmup_rounds=1",
-            "--set", "search.study_name=from-study", "--set", "search.storage=sqlite:///fs.db"]
+            "--set", "search.study_name=from-study", "--set", "search.storage=sqlite:///fs.db",
+            "--set", "search.batch=1"]
     study_cli(ws, "search", "--n-trials", "3", *same)
     study_cli(ws, "bench", "--pruning", "--from-study", "--n-configs", "3", *same)
     read = json.loads((ws / SMOKE.reports.bench).read_text())["pruning"]["arms"]["hyperband@1"]
@@ -434,7 +436,7 @@ def test_pruning_bench_counts_the_steps_each_search_trained(ws):
     assert res.returncode == 2 and "was searched with" in res.stderr
     # No study of that name: refused, and none is created.
     res = study_cli(ws, "bench", "--pruning", "--from-study", "--n-configs", "3", *same[:4],
-                    "--set", "search.study_name=nowhere", "--set", "search.storage=sqlite:///fs.db",
+                    "--set", "search.batch=1", "--set", "search.study_name=nowhere", "--set", "search.storage=sqlite:///fs.db",
                     check=False)
     assert res.returncode == 2 and "no study 'nowhere'" in res.stderr
     assert "nowhere" not in optuna.get_all_study_names(f"sqlite:///{ws / 'fs.db'}")

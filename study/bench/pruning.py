@@ -24,30 +24,40 @@ from scipy import stats
 from study.bench.common import environment, read_bench, write_section
 from study.config import Config
 from study.errors import StudyError
-from study.layout import SearchDir
-from study.tracking import Tracker
+
+
+def arm_config(cfg: Config, pruner: str, **search: object) -> Config:
+    """The config a pruning arm searches with: the pipeline's, with `pruner` (hyperband prunes
+    within brackets it reads from the storage, so it runs in batches of one: config rule)."""
+    batch = {"batch": 1} if pruner == "hyperband" else {}
+    return cfg.replace(search={"pruner": pruner, **batch, **search})
 
 
 def _search_once(cfg: Config, pruner: str, n_configs: int, out_root: Path) -> dict:
-    """One seeded search of `n_configs` configurations under `pruner`: each trial's curve
-    (tune F1 per evaluation round), final value and training steps."""
-    from study import design, search
+    """One seeded search of `n_configs` configurations under `pruner`, run by the pipeline's
+    own search (study.search: batches, slot-seeded sampler) in a scratch study and report
+    folder: each trial's curve (tune F1 per evaluation round), final value and steps."""
+    from study import search
 
-    pcfg = cfg.replace(search={"pruner": pruner, "keep_weights": False})
-    study = optuna.create_study(
-        study_name=f"bench-pruning-{pruner}", storage=optuna.storages.InMemoryStorage(),
-        sampler=optuna.samplers.TPESampler(seed=cfg.search.sampler_seed,
-                                           n_startup_trials=cfg.search.n_startup_trials),
-        pruner=search.make_pruner(pcfg), direction="maximize")
-    design.initialise(study, pcfg)
-    tracker = Tracker(pcfg)
+    name = f"bench-pruning-{pruner}"
+    pcfg = arm_config(cfg, pruner, keep_weights=False, n_trials=n_configs, study_name=name,
+                      storage=f"sqlite:///{out_root / pruner / 'optuna.db'}")
+    pcfg = pcfg.replace(runtime={"reports": str(out_root / pruner / "reports")})
     t0 = time.perf_counter()
-    with tracker.run(study.study_name, "bench", params={"pruner": pruner,
-                                                        "n_configs": n_configs}) as parent:
-        objective = search.Objective(pcfg, tracker, parent.run_id, study.study_name,
-                                     folder=SearchDir(out_root / pruner))
-        study.optimize(objective, n_trials=n_configs, catch=(Exception,))
-    return _arm(pruner, cfg, study.trials, time.perf_counter() - t0, "bench")
+    search.run(pcfg)
+    study = optuna.load_study(study_name=name, storage=search.make_storage(pcfg))
+    return _arm(pruner, pcfg, _configurations(study, n_configs), time.perf_counter() - t0,
+                "bench")
+
+
+def _configurations(study: optuna.Study, n: int) -> list:
+    """The finished trial of each of the study's first `n` slots, in slot order (a slot re-run
+    after an interruption counts once)."""
+    from study import search
+
+    by_slot = {search.slot_of(t): t for t in study.get_trials(deepcopy=False)
+               if search.finished(t) and search.slot_of(t) is not None}
+    return [by_slot[s] for s in range(n) if s in by_slot]
 
 
 def _arm(pruner: str, cfg: Config, trials: list, wall: float, source: str) -> dict:
@@ -89,9 +99,10 @@ def _arm_from_study(cfg: Config, n_configs: int) -> dict:
     if recorded != design.search_settings(cfg):
         raise StudyError(f"study {study.study_name!r} was searched with {recorded}, not "
                          f"{design.search_settings(cfg)}: run the arm instead (without --from-study)")
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:n_configs]
-    if len(trials) < n_configs or any(not t.state.is_finished() for t in trials):
-        raise StudyError(f"study {study.study_name!r} has fewer than {n_configs} finished trials")
+    trials = _configurations(study, n_configs)
+    if len(trials) < n_configs:
+        raise StudyError(f"study {study.study_name!r} has fewer than {n_configs} finished "
+                         "configurations")
     wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
     return _arm(cfg.search.pruner, cfg, trials, wall, f"study {study.study_name}")
 
@@ -132,6 +143,7 @@ def run(cfg: Config, n_configs: int | None = None, pruners: list[str] | None = N
     pruners = pruners or ["none", chosen]
     key = {"profile": cfg.profile, "sampler_seed": cfg.search.sampler_seed,
            "n_startup_trials": cfg.search.n_startup_trials, "configurations": n_configs,
+           "batch": cfg.search.batch,
            "fixed_settings": design.fixed_settings(cfg),
            "evaluation_rounds": search.evaluation_rounds(cfg)}
     old = read_bench(cfg).get("pruning", {})
@@ -166,22 +178,27 @@ PRUNING_TARGET = {"training_steps_saved_at_least": 0.30, "best_tune_f1_within": 
 
 
 def replay(trials: list[dict], pruner: optuna.pruners.BasePruner, study_name: str,
-           steps_per_round: int) -> dict:
+           steps_per_round: int, batch: int = 1) -> dict:
     """`pruner` run over complete curves already measured (the unpruned arm's), in their order:
     which configurations it stops, at which round, and the steps it would have trained.
     Training is deterministic, so a pruned trial's rounds are the unpruned ones up to its stop:
     this is the pruned search on the same configurations, without the sampler's reaction to
-    pruned trials (which makes a real pruned search sample other configurations)."""
+    pruned trials (which makes a real pruned search sample other configurations). As in the
+    search, a trial is pruned against the trials of earlier batches of `batch` only."""
+    from study import search
+    from study.design import BATCH_ATTR
+
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # nine replays: no "study created" lines
     try:
-        study = optuna.create_study(study_name=study_name, pruner=pruner, direction="maximize",
-                                    storage=optuna.storages.InMemoryStorage())
+        study = optuna.create_study(study_name=study_name, pruner=search.BatchPruner(pruner),
+                                    direction="maximize", storage=optuna.storages.InMemoryStorage())
     finally:
         optuna.logging.set_verbosity(level)
     steps, kept, stopped = 0, [], []
-    for t in trials:
+    for i, t in enumerate(trials):
         trial = study.ask()
+        trial.set_user_attr(BATCH_ATTR, i // batch)
         for r, value in enumerate(t["rounds"], start=1):
             trial.report(value, step=r)
             if trial.should_prune():
@@ -211,9 +228,9 @@ def same_configurations(cfg: Config, off: dict, warmups: range = range(1, 4)) ->
     rows = []
     for name in [p for p in search.PRUNERS if p != "none"]:
         for w in warmups:
-            pruner = search.make_pruner(cfg.replace(search={"pruner": name,
-                                                            "pruner_warmup_rounds": w}))
-            r = replay(done, pruner, f"bench-pruning-{name}", per_round)
+            acfg = arm_config(cfg, name, pruner_warmup_rounds=w)
+            r = replay(done, search.make_pruner(acfg), f"bench-pruning-{name}", per_round,
+                       acfg.search.batch)
             rows.append({"arm": f"{name}@{w}", **_against_target(r, off)})
     return rows
 
