@@ -138,7 +138,7 @@ def follow(cfg: Config, record: Record, stages: tuple[str, ...]) -> None:
         if name not in never:
             print(f"== study {name} ({cfg.profile})", flush=True)
             importlib.import_module(f"study.{name}").run(cfg)
-    left = f"; never run here, left to `study {never[0]}`: {', '.join(never)}" if never else ""
+    left = f"; not run here before, so not now: {', '.join(never)}" if never else ""
     print(f"== no dvc.lock updated ({record.not_dvc}){left}", flush=True)
 
 
