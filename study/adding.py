@@ -78,9 +78,20 @@ class Record:
         return cls(path, None, not_what_dvc_tracks(cfg, args))
 
     def write(self, cfg: Config, key: str, before, after) -> None:
+        from study.config import read_params
+        from study.pipeline import overlay_keys
+
         dotted = params_key(cfg.profile, key)
         write_params_value(self.params, dotted, after)
-        print(f"== {dotted}: {before} -> {after} in {self.params}", flush=True)
+        # The top level is every overlay's base: a profile that sets no value of its own
+        # reads this one too (its pipeline's stages that read it are then out of date).
+        overlays = read_params(self.params).get("profiles") or {} if cfg.profile == "default" \
+            else {}
+        also = sorted(name for name, overlay in overlays.items()
+                      if not overlay_keys(key, overlay or {}))
+        shared = f" (also read by profile {', '.join(also)}: it sets none of its own)" \
+            if also else ""
+        print(f"== {dotted}: {before} -> {after} in {self.params}{shared}", flush=True)
 
     def reload(self, cfg: Config) -> Config:
         """The config as the written params file now says."""

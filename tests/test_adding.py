@@ -75,6 +75,21 @@ def test_one_value_is_written_in_place(tmp_path, profile, key, value, lines):
             assert load_config(path, other) == load_config(REPO_ROOT / "params.yaml", other)
 
 
+def test_the_default_profiles_value_says_which_profiles_read_it_too(tmp_path, capsys):
+    from study.adding import Record
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", path)
+    cfg = load_config(path, "default")
+    Record(path, None, None).write(cfg, "seeds.values", [1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6])
+    assert capsys.readouterr().out == (
+        f"== seeds.values: [1, 2, 3, 4, 5] -> [1, 2, 3, 4, 5, 6] in {path} (also read by "
+        "profile paper: it sets none of its own)\n")
+    assert load_config(path, "paper").seeds.values == (1, 2, 3, 4, 5, 6)
+    Record(path, None, None).write(cfg, "search.n_trials", 12, 13)  # both overlays set it
+    assert capsys.readouterr().out.endswith(f"-> 13 in {path}\n")
+
+
 def test_a_block_style_profile_and_an_empty_one_get_the_key(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 1  # kept\nprofiles:\n  a:\n    seeds:\n      values:\n      - 1\n"
