@@ -17,7 +17,6 @@ processes, each keyed by arm and seed, so the order they finish in reaches no nu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import optuna
