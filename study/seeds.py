@@ -250,10 +250,11 @@ def summarise(runs: dict, settings: dict, trial: int, params: dict,
     }
 
 
-def _best(cfg: Config) -> optuna.trial.FrozenTrial:
+def _best(cfg: Config) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
+    """The search's study and its best trial."""
     study = search_stage.load_study(cfg)
     try:
-        return study.best_trial
+        return study, study.best_trial
     except ValueError:
         raise StudyError("no complete trial to re-train: run `study search` first") from None
 
@@ -265,7 +266,7 @@ def added(cfg: Config, add: int) -> tuple[int, ...]:
     if add < 1:
         raise StudyError(f"--add takes a number of seeds >= 1, got {add}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    best = _best(cfg)
+    _, best = _best(cfg)
     splits, _ = load_splits(cfg)
     load_runs(cfg, arms(cfg, best), _identity(cfg, sorted(references_of(splits["dev"]))),
               required=True)
@@ -275,14 +276,14 @@ def added(cfg: Config, add: int) -> tuple[int, ...]:
 
 def run(cfg: Config) -> dict:
     """The stage: every seed of seeds.values, trained where runs.json lacks it."""
-    best = _best(cfg)
+    study, best = _best(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     splits, _ = load_splits(cfg)
     refs = references_of(splits["dev"])
     qids = sorted(refs)
     settings = arms(cfg, best)
     identity = _identity(cfg, qids)
-    header = {"trial": best.number, "arms": settings, **identity}
+    header = {"study": study.study_name, "trial": best.number, "arms": settings, **identity}
     layout = Layout.of(cfg)
     recorded = load_runs(cfg, settings, identity, required=False)
     seeds = list(cfg.seeds.values)
