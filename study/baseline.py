@@ -37,9 +37,9 @@ def train_baseline(cfg: Config, out_dir: Path, seed: int, run_name: str, tags: d
     with keep=True, files.scratch_dir): the training checkpoints there and, run again after
     a kill, resumes from its last checkpoint and continues its MLflow run (study.fit.fit)."""
     _, hashes = load_splits(cfg)
+    start = build_student(cfg.student, seed)  # a bad init is refused before anything is written
     checkpoints = Checkpoints.prepare(out_dir, training_identity(
         cfg, role="baseline", seed=seed)) if resume else None
-    start = build_student(cfg.student, seed)
     tracker = Tracker(cfg)
     with tracker.run(run_name, "baseline", params=student_params(cfg, seed), tags=tags,
                      split_hashes=hashes,

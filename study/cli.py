@@ -6,7 +6,9 @@
                                    # `dvc repro pipelines/smoke/dvc.yaml`)
     study distill --temperature 4 --alpha-ce 0.7 --alpha-squad 0.3
     study search                   # complete the Optuna study to search.n_trials configurations
-    study search --n-trials 20     # add 20 configurations to it
+    study search --n-trials 20     # add 20 configurations to it (search.n_trials += 20 in
+                                   # params.yaml; best, seeds, report follow)
+    study seeds --add 2            # 2 more seeds (seeds.values in params.yaml; report follows)
     study predict --model artifacts/default/best/model --data questions.jsonl
     study ui                       # MLflow UI on the project's store, 127.0.0.1 only
     study rerun trial 0            # re-train a recorded run, compare every number it recorded
@@ -110,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cached teacher logits (default) or a live teacher forward each step")
     s = add("search", "Optuna study over temperature and loss weights, tracked in MLflow: "
                       "completes the study to search.n_trials configurations")
-    s.add_argument("--n-trials", type=COUNT, help="instead: add this many configurations (>= 1)")
+    s.add_argument("--n-trials", type=COUNT, help="instead: add this many configurations; on "
+                   "the pipeline's study, search.n_trials in the params file is raised by what "
+                   "was added and best, seeds and report follow (through `dvc repro` where "
+                   "`study run` would use it)")
     s.add_argument("--timeout", type=SECONDS, help="stop starting batches after this many "
                    "seconds (interactive: a cut search says so in its summary and report)")
     s.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
@@ -128,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sd = add("seeds", "re-train the baseline, the authors' setting and the searched best with "
                       "several seeds; CIs over seeds and questions")
     sd.add_argument("--add", type=COUNT, default=None, metavar="N",
-                    help="train N more seeds and pool them with the recorded ones")
+                    help="train N more seeds and pool them with the recorded ones: added to "
+                         "seeds.values in the params file, the report follows (through `dvc "
+                         "repro` where `study run` would use it)")
     add("report", "regenerate reports/ (tables, figures) from the exported results")
     b = add("bench", "measure the study's machinery, one measurement a call, into "
                      "reports/bench.json (default: the teacher-logit cache)")
@@ -187,17 +194,19 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if cmd == "distill":
         from study.distill import run, with_overrides
         run(with_overrides(cfg, args.temperature, args.alpha_ce, args.alpha_squad, args.teacher_logits))
+    elif cmd == "search" and args.n_trials is not None:  # recorded in params.yaml, in step
+        _stage("adding").add_trials(cfg, args)
     elif cmd == "search":
-        _stage("search").run(cfg, n_trials=args.n_trials, timeout=args.timeout,
-                             storage=args.storage, study_name=args.study_name)
+        _stage("search").run(cfg, timeout=args.timeout, storage=args.storage,
+                             study_name=args.study_name)
     elif cmd == "bench":
         from study.bench import chosen
         chosen(args).run(cfg, args)
     elif cmd == "predict":
         _stage("predict").run(cfg, args.model, data=args.data, out=args.out,
                               question=args.question, context=args.context)
-    elif cmd == "seeds":
-        _stage("seeds").run(cfg, add=args.add)
+    elif cmd == "seeds" and args.add is not None:  # recorded in params.yaml, in step
+        _stage("adding").add_seeds(cfg, args)
     elif cmd == "ui":
         _stage("ui").run(cfg, port=args.port, request_log=args.request_log)
     elif cmd == "rerun":  # its exit status is its verdict
@@ -216,7 +225,7 @@ def not_what_dvc_tracks(cfg, args: argparse.Namespace) -> str | None:
     here = Path.cwd()
     if args.overrides:
         return "--set " + " ".join(args.overrides)
-    if args.skip:
+    if getattr(args, "skip", None):
         return "--skip " + " ".join(args.skip)
     if not ((here / "dvc.yaml").is_file() and (here / ".dvc").is_dir()):
         return "not at the root of a DVC repository"

@@ -430,3 +430,89 @@ def load_config(params_path: Path | str | None = None, profile: str | None = Non
         key, value = parse_override(text)
         raw = deep_merge(raw, _nest(key, value))
     return _validated(Config, {"profile": chosen, **raw})
+
+
+# --------------------------------------------------------------------------- writing
+def params_key(profile: str, key: str) -> str:
+    """The params file's dotted key that sets `key` for `profile`: the top level for the
+    default profile, the profile's overlay for another (written there even where the overlay
+    does not set it yet: the top level is every other profile's base)."""
+    return key if profile == "default" else f"profiles.{profile}.{key}"
+
+
+def _flow(value: Any) -> str:
+    """`value` as one line of flow YAML: `[1, 2, 3]`, `{values: [1, 2]}`, `13`."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"))
+    return text.removesuffix("\n...\n").strip()
+
+
+def _last_end(node: yaml.Node) -> int:
+    """Where the text of `node` ends: for a block collection, at its last value (its own end
+    mark lies past any comment or blank line after it)."""
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and not node.flow_style \
+            and node.value:
+        last = node.value[-1]
+        return _last_end(last[1] if isinstance(node, yaml.MappingNode) else last)
+    return node.end_mark.index
+
+
+def _spliced(text: str, keys: list[str], value: Any) -> str:
+    """`text` with the value at `keys` replaced, or the missing key inserted, by editing only
+    that span of the text."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None:
+        return text + ("" if text.endswith("\n") or not text else "\n") + \
+            f"{keys[0]}: {_flow(_nest('.'.join(keys[1:]), value) if keys[1:] else value)}\n"
+    colon = None  # where the value's key ends, for a block collection replaced whole
+    for depth, key in enumerate(keys):
+        rest = _nest(".".join(keys[depth + 1:]), value) if depth + 1 < len(keys) else value
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            start, end = node.start_mark.index, node.end_mark.index
+            pad = " " if start == end else ""  # `smoke:` with nothing after the colon
+            return text[:start] + f"{pad}{{{key}: {_flow(rest)}}}" + text[end:]
+        if not isinstance(node, yaml.MappingNode):
+            raise TypeError(f"{'.'.join(keys[:depth]) or 'the top level'} is not a mapping")
+        found = next((pair for pair in node.value if pair[0].value == key), None)
+        if found is None:
+            entry = f"{key}: {_flow(rest)}"
+            if node.flow_style:  # `{a: 1}` -> `{key: ..., a: 1}`
+                at = node.start_mark.index + 1
+                return text[:at] + entry + (", " if node.value else "") + text[at:]
+            at = text.find("\n", _last_end(node))
+            at = len(text) if at < 0 else at
+            column = node.value[0][0].start_mark.column
+            return text[:at] + "\n" + " " * column + entry + text[at:]
+        colon = text.index(":", found[0].end_mark.index) + 1
+        node = found[1]
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and not node.flow_style:
+        return text[:colon] + " " + _flow(value) + text[_last_end(node):]
+    return text[:node.start_mark.index] + _flow(value) + text[node.end_mark.index:]
+
+
+def write_params_value(path: Path | str, dotted: str, value: Any) -> None:
+    """Set one key of a params file in place. Only that value's text changes: comments,
+    layout, quoting and every other value stay as written (a YAML round trip, ruamel's
+    included, rewrites `null`, quotes and wrapped flow mappings). The key is created where
+    it is missing; the file is read back and must hold exactly the change, or nothing is
+    written."""
+    path = Path(path)
+    raw = read_params(path)
+    text = path.read_text()
+    keys = dotted.split(".")
+    want = deep_merge(raw, _nest(dotted, value))
+    try:
+        new = _spliced(text, keys, value)
+        ok = yaml.safe_load(new) == want
+    except (TypeError, yaml.YAMLError) as exc:
+        ok, why = False, str(exc).splitlines()[0]
+    else:
+        why = "the edit changed other values"
+    if not ok:
+        raise StudyError(f"cannot set {dotted} in {path} in place ({why}): set it to "
+                         f"{_flow(value)} by hand")
+    from study.files import write_atomic
+
+    try:
+        write_atomic(path, new)
+    except OSError as exc:
+        raise StudyError(f"cannot write params file {path}: {exc.strerror}") from None

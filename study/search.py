@@ -841,6 +841,14 @@ STOPS = ((KeyboardInterrupt, "Ctrl-C"),)  # what ends a session early, by except
 STOP_WORDS = {"time bound": "the time bound"}
 
 
+def check_session(n_trials: int | None, timeout: float | None) -> None:
+    """A session's numbers, refused before anything is opened or written."""
+    if n_trials is not None and n_trials < 1:
+        raise StudyError(f"--n-trials must be at least 1 (got {n_trials})")
+    if timeout is not None and not timeout > 0:
+        raise StudyError(f"--timeout must be greater than 0 seconds (got {timeout})")
+
+
 def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
         storage: str | None = None, study_name: str | None = None,
         callbacks: Sequence[TrainerCallback] = ()) -> dict:
@@ -848,10 +856,7 @@ def run(cfg: Config, n_trials: int | None = None, timeout: float | None = None,
     (--n-trials), add that many; `timeout` (--timeout) stops starting batches after that
     many seconds. `callbacks` are Trainer callbacks given to every trial. Bad numbers are
     refused before anything is opened or written."""
-    if n_trials is not None and n_trials < 1:
-        raise StudyError(f"--n-trials must be at least 1 (got {n_trials})")
-    if timeout is not None and not timeout > 0:
-        raise StudyError(f"--timeout must be greater than 0 seconds (got {timeout})")
+    check_session(n_trials, timeout)
     interrupt = Interrupt()
     url = resolve_url(storage or cfg.storage_url)
     try:

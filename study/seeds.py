@@ -6,16 +6,17 @@ recovered) treats seeds and questions as random (study.intervals), and the paire
 the same seeds and the same questions in both arms.
 
 Every training is recorded in artifacts/<profile>/seeds/runs.json as it finishes, and only the
-trainings missing there are trained (after an interruption, or for seeds added with
-`study seeds --add N`); trainings run side by side (study.parallel) in
-`runtime.processes` processes, each keyed by arm and seed, so the order they finish in
-reaches no number.
+trainings missing there are trained: after an interruption, for seeds added to `seeds.values`
+(`study seeds --add N` adds them there, study.adding), and for an arm whose params changed
+(an arm's trainings are kept while its params, the fixed settings, the questions and the
+training code are the same: when the search's best changes, only the `distilled` arm is
+trained again). Trainings run side by side (study.parallel) in `runtime.processes`
+processes, each keyed by arm and seed, so the order they finish in reaches no number.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -102,16 +103,21 @@ def _record(doc: dict, preds: dict, refs: dict, qids: list[str]) -> dict:
             "per_question_f1": [scores[q][1] * 100 for q in qids]}
 
 
-def _identity(cfg: Config, best: optuna.trial.FrozenTrial, settings: dict, qids: list[str]) -> dict:
-    """What recorded trainings must share to be pooled with new ones: the arms, the fixed
-    settings (a training's thread count among them), the questions and the training code."""
-    return {"trial": best.number, "arms": settings, "fixed_settings": design.fixed_settings(cfg),
-            "questions": qids, "code": design.code_fingerprint(TRAINING_CODE)}
+def _identity(cfg: Config, qids: list[str]) -> dict:
+    """What every recorded training must share with new ones to be pooled: the fixed
+    settings (a training's thread count among them), the questions and the training code.
+    An arm's trainings also need the arm's params (`arms` in runs.json): when the search's
+    best changes, only the `distilled` arm's are trained again."""
+    return {"fixed_settings": design.fixed_settings(cfg), "questions": qids,
+            "code": design.code_fingerprint(TRAINING_CODE)}
 
 
-def load_runs(cfg: Config, identity: dict, required: bool) -> dict[str, dict[str, dict]]:
-    """The recorded trainings (arm -> seed -> record). Made under other settings or code,
-    they are refused when `required` (--add pools with them) and else left for new ones."""
+def load_runs(cfg: Config, settings: dict, identity: dict, required: bool
+              ) -> dict[str, dict[str, dict]]:
+    """The recorded trainings that pool with new ones (arm -> seed -> record): those of every
+    arm whose params are still `settings`'. Made under other fixed settings, questions or
+    code, they are refused when `required` (--add pools with them) and else left for new
+    ones."""
     path = Layout.of(cfg).seed_runs
     if not path.exists() and not required:
         return {}
@@ -124,14 +130,21 @@ def load_runs(cfg: Config, identity: dict, required: bool) -> dict[str, dict[str
         print(f"{path} was recorded for another study ({', '.join(differ)} differ): "
               "training every seed", flush=True)
         return {}
-    return doc["runs"]
+    recorded = doc.get("arms") or {}
+    kept = {arm: by_seed for arm, by_seed in doc["runs"].items()
+            if arm in settings and arm in recorded and recorded[arm] == settings[arm]}
+    for arm in sorted(set(doc["runs"]) - set(kept)):
+        print(f"{path}: arm {arm} was trained with {recorded.get(arm)}, now {settings.get(arm)}: "
+              f"its {len(doc['runs'][arm])} trainings are not pooled", flush=True)
+    return kept
 
 
 def train_seeds(cfg: Config, settings: dict, seeds: list[int], best_number: int,
-                qids: list[str], runs: dict[str, dict[str, dict]], identity: dict
+                qids: list[str], runs: dict[str, dict[str, dict]], header: dict
                 ) -> dict[str, dict[str, dict]]:
     """Every (arm, seed) of `seeds` missing from `runs`, trained side by side; each recorded
-    in runs.json as it finishes, so an interruption loses only the trainings under way."""
+    in runs.json (under `header`: the trial, the arms' params, the identity) as it finishes,
+    so an interruption loses only the trainings under way."""
     runs = {arm: dict(runs.get(arm, {})) for arm in settings}
     same = settings["distilled"] == settings["authors"]  # the search found the authors' setting
     trained = [a for a in settings if not (same and a == "distilled")]
@@ -146,7 +159,7 @@ def train_seeds(cfg: Config, settings: dict, seeds: list[int], best_number: int,
         for i, record in pool.completed(_train, jobs):
             job = jobs[i]
             runs[job.arm][str(job.seed)] = record
-            write_json(path, {**identity, "runs": runs})
+            write_json(path, {**header, "runs": runs})
             print(f"seed {job.seed} {job.arm}: dev EM/F1 {record['exact_match']:.2f}/"
                   f"{record['f1']:.2f}", flush=True)
     if same:
@@ -239,30 +252,47 @@ def summarise(runs: dict, settings: dict, trial: int, params: dict,
     }
 
 
-def run(cfg: Config, add: int | None = None) -> dict:
-    if add is not None and add < 1:
-        raise StudyError(f"--add takes a number of seeds >= 1, got {add}")
+def _best(cfg: Config) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
+    """The search's study and its best trial."""
     study = search_stage.load_study(cfg)
     try:
-        best = study.best_trial
+        return study, study.best_trial
     except ValueError:
         raise StudyError("no complete trial to re-train: run `study search` first") from None
+
+
+def added(cfg: Config, add: int) -> tuple[int, ...]:
+    """seeds.values with `add` more seeds (numbered on from its largest), for `study seeds
+    --add N`; refused, before anything is written or trained, when there are no recorded
+    trainings to pool them with (study.adding records them and runs the stage)."""
+    if add < 1:
+        raise StudyError(f"--add takes a number of seeds >= 1, got {add}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _, best = _best(cfg)
+    splits, _ = load_splits(cfg)
+    load_runs(cfg, arms(cfg, best), _identity(cfg, sorted(references_of(splits["dev"]))),
+              required=True)
+    last = max(cfg.seeds.values)
+    return (*cfg.seeds.values, *range(last + 1, last + 1 + add))
+
+
+def run(cfg: Config) -> dict:
+    """The stage: every seed of seeds.values, trained where runs.json lacks it."""
+    study, best = _best(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     splits, _ = load_splits(cfg)
     refs = references_of(splits["dev"])
     qids = sorted(refs)
     settings = arms(cfg, best)
-    identity = _identity(cfg, best, settings, qids)
+    identity = _identity(cfg, qids)
+    header = {"study": study.study_name, "trial": best.number, "arms": settings, **identity}
     layout = Layout.of(cfg)
-    recorded = load_runs(cfg, identity, required=add is not None)
+    recorded = load_runs(cfg, settings, identity, required=False)
     seeds = list(cfg.seeds.values)
-    if add:
-        last = max([int(s) for s in recorded.get("baseline", {})] + seeds)
-        seeds += list(range(last + 1, last + 1 + add))
-    runs = train_seeds(cfg, settings, seeds, best.number, qids, recorded, identity)
-    write_json(layout.seed_runs, {**identity, "runs": runs})
-    # The intervals are over the seeds asked for (seeds.values, and those --add added), not
-    # whatever else runs.json holds.
+    runs = train_seeds(cfg, settings, seeds, best.number, qids, recorded, header)
+    write_json(layout.seed_runs, {**header, "runs": runs})
+    # The intervals are over the seeds asked for (seeds.values), not whatever else runs.json
+    # holds.
     used = {arm: {str(s): r[str(s)] for s in seeds} for arm, r in runs.items()}
     result = summarise(used, settings, best.number, best.params, _teacher_f1(cfg, refs, qids),
                        cfg.seeds.bootstrap_samples, cfg.seed)

@@ -25,10 +25,13 @@ from study.modeling import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-def study_command(*args: str, profile: str | None = "smoke",
-                  env: dict | None = None) -> tuple[list[str], dict[str, str]]:
-    """argv and environment that run the real `study` CLI as a subprocess, offline."""
-    cmd = [sys.executable, "-m", "study", *args, "--params", str(REPO_ROOT / "params.yaml")]
+def study_command(*args: str, profile: str | None = "smoke", env: dict | None = None,
+                  params: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that run the real `study` CLI as a subprocess, offline, on the
+    repository's params.yaml (read only: a command that records what it adds there,
+    `seeds --add`, `search --n-trials` on the pipeline's study, is given a copy, `params`)."""
+    cmd = [sys.executable, "-m", "study", *args, "--params",
+           str(params or REPO_ROOT / "params.yaml")]
     if profile is not None:
         cmd += ["--profile", profile]
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -46,6 +49,16 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repo_params_untouched():
+    """No test writes the repository's params.yaml (`seeds --add` and `search --n-trials`
+    record what they add in the params file they are given: tests give them a copy)."""
+    before = (REPO_ROOT / "params.yaml").read_bytes()
+    yield
+    assert (REPO_ROOT / "params.yaml").read_bytes() == before, \
+        "a test wrote the repository's params.yaml"
 
 
 @pytest.fixture(scope="session")

@@ -175,18 +175,20 @@ def test_a_killed_search_completed_equals_the_uninterrupted_one(ws, in_process):
 
 
 def test_a_search_cut_by_the_time_bound_says_so(ws):
-    res = study_cli(ws, "search", "--n-trials", "2", "--timeout", "0.001", *named("cut", 1))
-    assert "stopped by the time bound after 0 of 2 configurations" in res.stdout
+    # A bound of a second: the first batch (two smoke trainings) outlasts it, so the search
+    # stops before the second.
+    res = study_cli(ws, "search", "--n-trials", "4", "--timeout", "1", *named("cut", 1))
+    assert "stopped by the time bound after 2 of 4 configurations" in res.stdout
     summary = json.loads((ws / SMOKE.reports.search).read_text())
-    assert summary["stopped_by"] == "time bound" and summary["configurations"] == 0
-    assert summary["stopped"] == "by the time bound after 0 of 2 configurations"
+    assert summary["stopped_by"] == "time bound" and summary["configurations"] == 2
+    assert summary["stopped"] == "by the time bound after 2 of 4 configurations"
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{ws / 'mlruns' / 'mlflow.db'}")
     parent = client.get_run(load(ws, "cut").user_attrs["mlflow_parent_run_id"])
     assert parent.data.tags["stopped"] == summary["stopped"]
-    assert parent.data.tags["configurations"] == "0 of 2"
-    assert "Stopped by the time bound after 0 of 2" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.tags["configurations"] == "2 of 4"
+    assert "Stopped by the time bound after 2 of 4" in parent.data.tags["mlflow.note.content"]
 
 
 def test_the_pipelines_study_made_by_other_code_starts_anew(ws, in_process):
