@@ -403,3 +403,23 @@ def test_the_interval_method_and_a_share_near_zero_read_as_sentences(tmp_path):
     md = render_markdown(load_inputs(folder))
     assert "distillation recovers 0% of the teacher–baseline dev F1 gap" in md
     assert "-0%" not in md
+
+
+@pytest.mark.parametrize("session, says", [
+    ({"configurations": 8, "target": 12, "stopped_by": "time bound",
+      "stopped": "by the time bound after 8 of 12 configurations"},
+     "**The search was stopped by the time bound after 8 of 12 configurations**: its best is "
+     "the best of those 8, not of the 12 it was asked for."),
+    ({"configurations": 12, "target": 12, "stopped_by": None, "stopped": None},
+     "Configurations: 12 of 12 asked for (the search is bounded by count, never by time"),
+])
+def test_the_search_section_says_how_many_configurations_and_whether_it_was_cut(
+        tmp_path, session, says):
+    folder = record_study(tmp_path / "reports")
+    metrics = json.loads(json.dumps(METRICS))
+    metrics["search"].update(session)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    build_report(folder)
+    text = (folder / "report.md").read_text()
+    assert says in text
+    assert ("was stopped" in text) == (session["stopped"] is not None)
