@@ -151,15 +151,16 @@ def rounded_to(c: Comparison) -> int | None:
 def summary(name: str, v: dict) -> str:
     if v.get("verdict") == "not measured":
         return f"{name}: not measured ({v['why']})"
+    kept = f"; kept from commit {v['kept'].get('commit')}" if "kept" in v else ""
     if v["verdict"] == "identical":
-        return f"{name}: identical ({v['numbers']} numbers; {v['a']} vs {v['b']})"
-    most = v["max_abs_difference"]
-    return (f"{name}: different, {v['differ']} of {v['numbers']} numbers"
-            + (f" (answers: {v['answers_differ']})" if v["answers_differ"] else "")
+        return f"{name}: identical ({v['numbers']} numbers; {v.get('a')} vs {v.get('b')}{kept})"
+    most, decimals = v.get("max_abs_difference"), v.get("rounded_to_decimals")
+    return (f"{name}: different, {v.get('differ')} of {v['numbers']} numbers"
+            + (f" (answers: {v['answers_differ']})" if v.get("answers_differ") else "")
             + (f", at most {most:.3g}" if most is not None else "")
-            + (f", each one rounded to {v['rounded_to_decimals']} decimals of the other"
-               if v.get("rounded_to_decimals") is not None else "")
-            + f": {', '.join(v['where'])} ({v['a']} vs {v['b']})")
+            + (f", each one rounded to {decimals} decimals of the other"
+               if decimals is not None else "")
+            + f": {', '.join(v.get('where', {}))} ({v.get('a')} vs {v.get('b')}{kept})")
 
 
 # --------------------------------------------------------------------------- where it runs
@@ -348,8 +349,10 @@ def search_numbers(ws: Workspace, processes: int) -> Numbers:
     return numbers
 
 
+# Its parent is named on its command line, not read as it starts: a parent killed while the
+# hog starts up would leave it reading its new parent's pid.
 HOG = ("import os, sys, time\n"
-       "end, parent = time.monotonic() + float(sys.argv[1]), os.getppid()\n"
+       "end, parent = time.monotonic() + float(sys.argv[1]), int(sys.argv[2])\n"
        "while time.monotonic() < end and os.getppid() == parent:\n"
        "    for _ in range(100_000):\n"
        "        pass\n")
@@ -363,7 +366,8 @@ def hogs(bound_s: float = HOG_S) -> Iterator[list[subprocess.Popen]]:
     procs: list[subprocess.Popen] = []
     try:
         for cpu in sorted(os.sched_getaffinity(0)):
-            procs.append(subprocess.Popen([sys.executable, "-c", HOG, str(bound_s)]))
+            procs.append(subprocess.Popen([sys.executable, "-c", HOG, str(bound_s),
+                                           str(os.getpid())]))
             os.sched_setaffinity(procs[-1].pid, {cpu})
         yield procs
     finally:
@@ -423,14 +427,23 @@ def transformers_variation(ws: Workspace, params: Path, python: str | None,
     """The fixture training on this line against another environment's (`python`), and
     against the committed fixture of this line. Without `python`, an earlier measurement of
     the pair is kept (it needs that environment), else it is not measured."""
+    from study.tracking import git_state
+
+    # Its runs ran in the scratch folder, outside the checkout: the commit is the checkout's.
+    checkout = git_state()
     here, env = fixture_training(sys.executable, ws.root / "fixture-here", params)
+    env.update(checkout)
     entry: dict[str, Any]
     if python:
         other, other_env = fixture_training(python, ws.root / "fixture-other", params)
+        other_env.update(checkout)
         entry = verdict(compare(here, other), _line(env), _line(other_env),
                         environments={"a": env, "b": other_env})
     elif earlier and earlier.get("verdict") in ("identical", "different"):
-        entry = {**earlier, "kept": "measured by an earlier run (--python not given)"}
+        entry = {k: v for k, v in earlier.items() if k not in ("fixture", "kept")}
+        entry["kept"] = {"why": "--python not given: the pair as an earlier run measured it",
+                         **{k: earlier.get("kept", {}).get(k, earlier.get(k))
+                            for k in ("commit", "load_average", "seconds")}}
     else:
         entry = {"verdict": "not measured",
                  "why": "needs another transformers line: --python PATH (e.g. the venv .ci/run "
