@@ -154,7 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "search.pruner); arms already in reports/bench.json are kept")
     b.add_argument("--parts", default=None,
                    help="with --cpu: comma-separated parts (default gemm,step,processes,trial; "
-                        "compile measures torch.compile, minutes)")
+                        "compile measures torch.compile, minutes); with --determinism: "
+                        "variations (default threads,process,hog,processes,dvc,transformers)")
+    b.add_argument("--python", default=None, metavar="PATH",
+                   help="with --determinism: the Python of another environment (e.g. the "
+                        "transformers 4.x venv of .ci/run) to train the fixture training in")
+    b.add_argument("--write-fixture", action="store_true",
+                   help="with --determinism: write this line's fixture training to "
+                        "tests/data/determinism_transformers<major>.json")
     b.add_argument("--from-study", action="store_true",
                    help="with --pruning: the configured pruner's arm is the search stage's own "
                         "study (its first --n-configs trials), not run again")

@@ -36,7 +36,7 @@ PARAMS = str(REPO_ROOT / "params.yaml")
 SETS = ("--set", "search.n_trials=2", "--set", "student.train.epochs=1")
 SHARED_CODE = {"study/cli.py", "study/config.py"}
 # Where results go, and how many trainings run side by side: neither changes a number (the
-# second: `study bench --determinism`, a fresh process vs in-process).
+# second: `study bench --determinism`, its `processes` variation).
 LOCATIONS = {"runtime.artifacts", "runtime.reports", "tracking.uri", "tracking.artifact_location",
              "tracking.experiment", "runtime.processes"}
 

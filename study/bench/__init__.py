@@ -7,6 +7,7 @@ them, and no stage imports them: nothing here changes a number of the study.
     study bench --cpu              # cpu: GEMM rate, bare vs project step, a trial's time split
     study bench --pruning          # pruning: the seeded search with and without its pruner
     study bench --intervals        # intervals: each interval method on simulated studies
+    study bench --determinism      # determinism: what moves a training's numbers, and what not
 
 `MEASUREMENTS` declares them once: study/cli.py builds `study bench`'s mutually exclusive
 flags and its dispatch from it.
@@ -70,6 +71,14 @@ MEASUREMENTS = (
                 kwargs=lambda a: {"n": a.workers, "forward": forwarded(a)}, number="N"),
     Measurement("intervals", "--intervals", "instead: each interval method on simulated "
                 "studies (false positives and power at 3 and 5 seeds)"),
+    Measurement("determinism", "--determinism", "instead: train the smoke profile (--profile: "
+                "another) under each variation (torch threads, a new process, a CPU hog, a "
+                "search's batches side by side, dvc repro, another transformers line with "
+                "--python) and say whether every number is identical",
+                kwargs=lambda a: {"parts": tuple(a.parts.split(",")) if a.parts else None,
+                                  "profile": a.profile, "params": a.params,
+                                  "overrides": a.overrides, "python": a.python,
+                                  "write_fixture": a.write_fixture}),
 )
 
 
