@@ -137,8 +137,24 @@ class ConfigReads:
                 result = method(*args, **kwargs)
             finally:
                 self._local.inside -= 1
-            return self._copied(result, kwargs.get("update", kwargs)) if copies else result
+            if not copies:
+                return result
+            # A copy of a copy keeps what the code set in the first (a trial's weights in a
+            # config that then gets its process's thread count).
+            changes = _merged(self._changes_of(args[0]) if args else {},
+                              kwargs.get("update", kwargs))
+            return self._copied(result, changes)
         return wrapper
+
+    def _changes_of(self, obj: Any) -> dict:
+        """The leaves the code set in `obj`, a copy (nested dicts of `True`), else {}."""
+        out: dict = {}
+        for name in self.classes.get(type(obj), ()):
+            sub = object.__getattribute__(obj, name)
+            if type(sub) in self.classes and (nested := self._changes_of(sub)):
+                out[name] = nested
+        out.update(dict.fromkeys(self._changed.get(id(obj), ()), True))
+        return out
 
     def __exit__(self, *exc) -> None:
         for owner, name, value, had in reversed(self._saved):
@@ -147,6 +163,14 @@ class ConfigReads:
             else:
                 delattr(owner, name)
         self._saved.clear()
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for name, given in (changes or {}).items():
+        both = isinstance(out.get(name), dict) and isinstance(given, dict)
+        out[name] = _merged(out[name], given) if both else given
+    return out
 
 
 class CodeCalls:
