@@ -8,6 +8,7 @@ real CLI on the smoke profile, through `study_command`.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,6 +50,19 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_reaches_children():
+    """Tests send SIGINT (a Ctrl-C) to the processes they start. A shell's background job
+    (`pytest ... &`) starts with SIGINT ignored, and an ignored signal stays ignored across
+    exec: Python would then never raise KeyboardInterrupt in those processes. A handled
+    signal is reset to the default on exec, so handling it here gives every child its own."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session", autouse=True)
