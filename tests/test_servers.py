@@ -41,7 +41,10 @@ GRACE_S = 15  # generous: three trainings share two cores, a live heartbeat must
 # holds two engines' pools (runs, model registry); this test holds one storage of its own.
 WORKER_BUDGET = STORAGE_CONNECTIONS + 1
 SERVER_BUDGET = 2 * sum(int(v) for v in MLFLOW_SERVER_POOL_ENV.values())
+# One configuration asked at a time (search.batch=1): a worker killed inside a batch of two
+# leaves both RUNNING, and whether the second had started would depend on when the kill came.
 WORKER_SETS = ["--set", "tracking.uri={url}", "--set", "search.pruner=none",
+               "--set", "search.batch=1",
                "--set", "runtime.threads=1", "--set", "search.heartbeat_interval=2",
                "--set", f"search.grace_period={GRACE_S}"]
 
