@@ -105,7 +105,7 @@ class ConfigReads:
             else:
                 own.add(name)
         if own:
-            self._changed[id(obj)] = own
+            self._changed.setdefault(id(obj), set()).update(own)
             self._keep.append(obj)
 
     def _patch(self, owner: Any, name: str, value: Any) -> None:
@@ -141,9 +141,8 @@ class ConfigReads:
                 return result
             # A copy of a copy keeps what the code set in the first (a trial's weights in a
             # config that then gets its process's thread count).
-            changes = _merged(self._changes_of(args[0]) if args else {},
-                              kwargs.get("update", kwargs))
-            return self._copied(result, changes)
+            self._copied(result, self._changes_of(args[0]) if args else {})
+            return self._copied(result, kwargs.get("update", kwargs))
         return wrapper
 
     def _changes_of(self, obj: Any) -> dict:
@@ -163,14 +162,6 @@ class ConfigReads:
             else:
                 delattr(owner, name)
         self._saved.clear()
-
-
-def _merged(base: dict, changes: dict) -> dict:
-    out = dict(base)
-    for name, given in (changes or {}).items():
-        both = isinstance(out.get(name), dict) and isinstance(given, dict)
-        out[name] = _merged(out[name], given) if both else given
-    return out
 
 
 class CodeCalls:
