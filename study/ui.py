@@ -44,6 +44,8 @@ VIEW_KEY = "study"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 OBJECTIVE = "tune_f1"
 SCORES = ("tune_f1", "dev_f1", "dev_exact_match")
+# A run's metrics as the UI lists them (study.ui_server): what Compare colours by comes first.
+METRICS_FIRST = (OBJECTIVE, "dev_f1", "tune_exact_match", "dev_exact_match")
 SEARCHED = ("temperature", "alpha_ce", "alpha_squad")
 
 
@@ -217,6 +219,7 @@ def server_command(cfg: Config, port: int, request_log: bool = False,
     return [sys.executable, "-m", "study.ui_server",
             "--backend-store-uri", absolute_sqlite(cfg.tracking.uri),
             "--default-artifact-root", root, "--port", str(port),
+            "--metrics-first", *METRICS_FIRST,
             *(["--request-log"] if request_log else []), *view, *charts]
 
 
@@ -234,7 +237,7 @@ def run(cfg: Config, port: int = 5000, request_log: bool = False) -> None:
     study_name, view = share_study_view(cfg, tracker)
     command = server_command(cfg, port, request_log, (tracker.experiment_id, view),
                              study_runs(tracker, study_name))
-    print("starting: " + " ".join(command[:command.index("--runs-view")]), flush=True)
+    print("starting: " + " ".join(command[:command.index("--metrics-first")]), flush=True)
     previous = signal.signal(signal.SIGTERM, _terminated)
     t0 = time.monotonic()
     guard, write_end = start_guarded(command)

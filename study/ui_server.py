@@ -20,6 +20,11 @@ it cannot do:
   view the setting when the browser has none or when the address asks for it (the URL
   `study ui` prints does): every page reached from there stays in it. The UI's own switch
   still changes it, and that choice sticks.
+- a run's metrics listed objective first and system metrics last (`--metrics-first`). The
+  store lists them as first logged, so MLflow's system metrics (sampled from the run's start)
+  lead, and the legacy Compare page colours its parallel-coordinates plot by the first metric
+  the compared runs share: `system/cpu_utilization_percentage`. The order is the only change
+  to MLflow's answers (`runs/get`, `runs/search`); values and keys are as stored.
 
 The environment is the one `mlflow server` gives its workers (mlflow.server._run_server),
 set from MLflow's own names; `study.guard` runs this process and ends it with its parent.
@@ -135,6 +140,38 @@ def serve_index_with_defaults(flask_app, script: str) -> None:
     flask_app.view_functions["serve"] = serve
 
 
+def metrics_first(metrics: list[dict], first: list[str]) -> list[dict]:
+    """`first` in its order, then the other model metrics, then system metrics, each group in
+    the store's order."""
+    def rank(metric: dict) -> tuple[int, int]:
+        key = metric.get("key", "")
+        if key in first:
+            return 0, first.index(key)
+        return (2 if key.startswith("system/") else 1), 0
+    return sorted(metrics, key=rank)
+
+
+def order_run_metrics(flask_app, first: list[str]) -> None:
+    """Wrap MLflow's get-run and search-runs views so each run's metrics come in
+    metrics_first's order (JSON answers only; an error passes through as it is)."""
+    def ordered(view):
+        def wrapped(*args, **kwargs):
+            response = view(*args, **kwargs)
+            if getattr(response, "status_code", None) != 200 or not response.is_json:
+                return response
+            body = response.get_json()
+            for run in [body.get("run", {}), *body.get("runs", [])]:
+                data = run.get("data", {})
+                if "metrics" in data:
+                    data["metrics"] = metrics_first(data["metrics"], first)
+            response.set_data(json.dumps(body))
+            return response
+        return wrapped
+
+    for endpoint in ("_get_run", "_search_runs"):
+        flask_app.view_functions[endpoint] = ordered(flask_app.view_functions[endpoint])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="study.ui_server")
     p.add_argument("--backend-store-uri", required=True)
@@ -148,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run-charts", metavar="JSON",
                    help='{"runs": [run ids], "charts": chart state}: the Model metrics '
                         "charts of those runs' pages as a browser first sees them")
+    p.add_argument("--metrics-first", nargs="+", metavar="KEY", default=[],
+                   help="metrics every run lists first, in this order (system metrics last)")
     args = p.parse_args(argv)
     extra = {}
     if args.runs_view:
@@ -169,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     initialize_backend_stores(args.backend_store_uri, args.backend_store_uri,
                               args.default_artifact_root)
     serve_index_with_defaults(flask_app, defaults_script(extra))
+    order_run_metrics(flask_app, args.metrics_first)
     from mlflow.server.fastapi_app import app
 
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.request_log,

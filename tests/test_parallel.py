@@ -98,6 +98,23 @@ def worker_pid(ws: Path, name: str, number: int) -> int | None:
     return int(attrs["worker"].rpartition(":")[2])
 
 
+def mlflow_client(ws: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{ws / 'mlruns' / 'mlflow.db'}")
+
+
+def run_ended(ws: Path, name: str, number: int, proc: subprocess.Popen, deadline: float) -> None:
+    """Wait until trial `number`'s MLflow run has ended (its training process finished)."""
+    while proc.poll() is None and time.time() < deadline:
+        if worker_pid(ws, name, number) is not None:
+            run_id = load(ws, name).trials[number].user_attrs["mlflow_run_id"]
+            if mlflow_client(ws).get_run(run_id).info.end_time:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"trial {number}'s run did not end (search exit {proc.poll()})")
+
+
 def hog_on(cpu: int) -> subprocess.Popen:
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     os.sched_setaffinity(hog.pid, {cpu})
@@ -115,14 +132,22 @@ def test_two_processes_give_the_trials_one_process_gives_even_slowed(ws, in_proc
                 and time.time() < deadline:
             time.sleep(0.2)
         assert slow is not None, proc.communicate()[1][-3000:]
-        # Trial 0's process shares CPU 0 with a hog, the other process has CPU 1 alone.
+        # Trial 0's process shares CPU 0 with a hog, the other process has CPU 1. Other work
+        # on the machine (a second test process, CI's neighbours) can slow either, so trial 0
+        # is also held stopped until trial 1's run has ended: the batch finishes in the other
+        # order however busy the machine is.
         hog = hog_on(0)
         os.sched_setaffinity(slow, {0})
+        os.kill(slow, signal.SIGSTOP)
         for pid in children(proc.pid):
             if pid != slow:
                 os.sched_setaffinity(pid, {1})
+        run_ended(ws, "two", 1, proc, deadline)
+        os.kill(slow, signal.SIGCONT)
         _, err = proc.communicate(timeout=HUNG_S)
     finally:
+        if slow is not None and Path(f"/proc/{slow}").exists():
+            os.kill(slow, signal.SIGCONT)  # never left stopped, whatever failed
         if hog is not None:
             hog.kill()
         proc.kill()
@@ -130,9 +155,7 @@ def test_two_processes_give_the_trials_one_process_gives_even_slowed(ws, in_proc
     two = load(ws, "two")
     assert by_slot(two) == in_process
     # The batch did finish in the other order: trial 1's run ended before trial 0's.
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{ws / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(ws)
     ends = {n: client.get_run(two.trials[n].user_attrs["mlflow_run_id"]).info.end_time
             for n in (0, 1)}
     assert ends[1] < ends[0]

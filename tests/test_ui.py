@@ -63,6 +63,27 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def logged_run(port: int, experiment_id: str) -> str:
+    """A run logged through the server, its metrics in the order a training logs them:
+    system metrics first (sampled from the run's start), the objective late."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"http://127.0.0.1:{port}")
+    run_id = client.create_run(experiment_id, run_name="ordered").info.run_id
+    client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in [
+        ("system/cpu_utilization_percentage", 0.0), ("loss", 1.0), ("tune_exact_match", 2.0),
+        ("tune_f1", 3.0), ("dev_f1", 4.0)]])
+    return run_id
+
+
 def lines_of(proc: subprocess.Popen) -> queue.Queue:
     """The process's output lines, read by a thread, so a silent process cannot hang a test."""
     lines: queue.Queue = queue.Queue()
@@ -121,6 +142,18 @@ def test_ui_answers_at_the_printed_url_and_goes_down_with_its_server(tmp_path, s
         # Every page of the UI sets the training view before the app reads it.
         assert f'g("{WORKFLOW_KEY}")===null'.encode() in page
         assert b'"\\"machine_learning\\""' in page
+
+        # A run's metrics come objective first, system metrics last, whatever order they
+        # were logged in (what the Compare page colours by); values as stored.
+        run_id = logged_run(port, match[1])
+        got = json.loads(get(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/get"
+                             f"?run_id={run_id}")[1])["run"]["data"]["metrics"]
+        assert [(m["key"], m["value"]) for m in got] == [
+            ("tune_f1", 3.0), ("dev_f1", 4.0), ("tune_exact_match", 2.0), ("loss", 1.0),
+            ("system/cpu_utilization_percentage", 0.0)]
+        found = post(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [match[1]]})["runs"]
+        assert [m["key"] for m in found[0]["data"]["metrics"]][:2] == ["tune_f1", "dev_f1"]
 
         started = descendants(proc.pid)
         # The guard and the server: no uvicorn workers, job runner or huey consumers.

@@ -12,10 +12,18 @@ from conftest import REPO_ROOT
 
 from study.config import load_config
 from study.tracking import EXPERIMENT_TAGS, Tracker
-from study.ui import SHARED_VIEW_TAG, VIEW_KEY, share_study_view, study_filter, study_runs
+from study.ui import (
+    METRICS_FIRST,
+    SHARED_VIEW_TAG,
+    VIEW_KEY,
+    share_study_view,
+    study_filter,
+    study_runs,
+)
 from study.ui_server import (
     WORKFLOW_KEY,
     defaults_script,
+    metrics_first,
     run_charts_key,
     runs_page_key,
     with_defaults,
@@ -117,3 +125,18 @@ def test_the_runs_page_and_trial_charts_defaults_are_per_experiment_and_run():
     values = json.loads(re.search(r"var v=(\[.*?\]),h=", script, re.DOTALL)[1])
     assert json.loads(values[-1]) == charts and json.loads(values[-2]) == view  # stored once
     assert script.count("</") == 1 and script.endswith("</script>")  # no value ends it early
+
+
+def test_a_runs_metrics_lead_with_the_objective_and_end_with_system_metrics():
+    stored = ["system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+              "loss", "grad_norm", "tune_exact_match", "tune_f1", "train_runtime",
+              "dev_exact_match", "dev_f1"]
+    listed = [m["key"] for m in metrics_first([{"key": k, "value": i} for i, k in
+                                               enumerate(stored)], list(METRICS_FIRST))]
+    assert listed == ["tune_f1", "dev_f1", "tune_exact_match", "dev_exact_match",
+                      "loss", "grad_norm", "train_runtime",
+                      "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"]
+    # A run without the objective (a seed run): the first it has, system metrics still last.
+    assert [m["key"] for m in metrics_first([{"key": "system/x"}, {"key": "loss"},
+                                             {"key": "dev_f1"}], list(METRICS_FIRST))] \
+        == ["dev_f1", "loss", "system/x"]
