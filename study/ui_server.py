@@ -24,7 +24,8 @@ it cannot do:
   store lists them as first logged, so MLflow's system metrics (sampled from the run's start)
   lead, and the legacy Compare page colours its parallel-coordinates plot by the first metric
   the compared runs share: `system/cpu_utilization_percentage`. The order is the only change
-  to MLflow's answers (`runs/get`, `runs/search`); values and keys are as stored.
+  to MLflow's answers (`runs/get`, `runs/search`, GraphQL); values and keys are as
+  stored.
 
 The environment is the one `mlflow server` gives its workers (mlflow.server._run_server),
 set from MLflow's own names; `study.guard` runs this process and ends it with its parent.
@@ -151,24 +152,36 @@ def metrics_first(metrics: list[dict], first: list[str]) -> list[dict]:
     return sorted(metrics, key=rank)
 
 
+def reorder_metrics(body, first: list[str]):
+    """Every list of metrics (`"metrics": [{"key": ...}, ...]`) in an answer of MLflow's, at
+    any depth (a REST run, a list of runs, a GraphQL run), in metrics_first's order."""
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if key == "metrics" and isinstance(value, list) \
+                    and all(isinstance(m, dict) and "key" in m for m in value):
+                body[key] = metrics_first(value, first)
+            else:
+                reorder_metrics(value, first)
+    elif isinstance(body, list):
+        for item in body:
+            reorder_metrics(item, first)
+    return body
+
+
 def order_run_metrics(flask_app, first: list[str]) -> None:
-    """Wrap MLflow's get-run and search-runs views so each run's metrics come in
-    metrics_first's order (JSON answers only; an error passes through as it is)."""
+    """Wrap the views the UI reads runs from (get-run, search-runs, and GraphQL, which the
+    run page's Overview uses) so each run's metrics come in metrics_first's order. JSON
+    answers only; an error passes through as it is."""
     def ordered(view):
         def wrapped(*args, **kwargs):
-            response = view(*args, **kwargs)
-            if getattr(response, "status_code", None) != 200 or not response.is_json:
+            response = flask_app.make_response(view(*args, **kwargs))
+            if response.status_code != 200 or not response.is_json:
                 return response
-            body = response.get_json()
-            for run in [body.get("run", {}), *body.get("runs", [])]:
-                data = run.get("data", {})
-                if "metrics" in data:
-                    data["metrics"] = metrics_first(data["metrics"], first)
-            response.set_data(json.dumps(body))
+            response.set_data(json.dumps(reorder_metrics(response.get_json(), first)))
             return response
         return wrapped
 
-    for endpoint in ("_get_run", "_search_runs"):
+    for endpoint in ("_get_run", "_search_runs", "_graphql"):
         flask_app.view_functions[endpoint] = ordered(flask_app.view_functions[endpoint])
 
 

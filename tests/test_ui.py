@@ -154,6 +154,10 @@ def test_ui_answers_at_the_printed_url_and_goes_down_with_its_server(tmp_path, s
         found = post(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search",
                      {"experiment_ids": [match[1]]})["runs"]
         assert [m["key"] for m in found[0]["data"]["metrics"]][:2] == ["tune_f1", "dev_f1"]
+        query = 'query { mlflowGetRun(input: {runId: "%s"}) { run { data { metrics { key } } } } }'
+        graphql = post(f"http://127.0.0.1:{port}/graphql", {"query": query % run_id})
+        assert [m["key"] for m in graphql["data"]["mlflowGetRun"]["run"]["data"]["metrics"]] \
+            == ["tune_f1", "dev_f1", "tune_exact_match", "loss", "system/cpu_utilization_percentage"]
 
         started = descendants(proc.pid)
         # The guard and the server: no uvicorn workers, job runner or huey consumers.
