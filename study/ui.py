@@ -31,8 +31,8 @@ from study.guard import start_guarded, stop_guarded
 from study.storage import absolute_sqlite
 from study.tracking import EXPERIMENT_TAGS, STATE_TAG, Tracker
 
-# Measured (README, "study ui"): 9-10 s to the printed address at load 1.5 on 2 cores, 34-38 s
-# at load 9.6; the limit only bounds a hang, with room for a machine busy with training.
+# Measured (README, "study ui"): 8-9 s to the printed address on 2 quiet cores, 34-38 s at
+# load 9.6; the limit only bounds a hang, with room for a machine busy with training.
 START_WAIT_S = 120
 # A view of the runs page that MLflow's UI loads from an experiment tag
 # (`mlflow.sharedViewState.<key>`, what its "Share" button writes): the columns a user would
