@@ -5,6 +5,7 @@ them, and no stage imports them: nothing here changes a number of the study.
 
     study bench                    # cache: plain vs live-teacher vs cached-teacher training
     study bench --cpu              # cpu: GEMM rate, bare vs project step, a trial's time split
+    study bench --floor            # floor: the main job's FLOPs at the GEMM peak (a floor)
     study bench --pruning          # pruning: the seeded search with and without its pruner
     study bench --intervals        # intervals: each interval method on simulated studies
     study bench --determinism      # determinism: what moves a training's numbers, and what not
@@ -55,6 +56,8 @@ MEASUREMENTS = (
                 "processes vs one 2-thread process, and one search trial's time split",
                 kwargs=lambda a: {"steps": a.steps,
                                   "parts": tuple(a.parts.split(",")) if a.parts else None}),
+    Measurement("floor", "--floor", "instead: the least time the main job can take here: its "
+                "trainings' and evaluations' FLOPs at the GEMM peak of `--cpu`"),
     Measurement("pruning", "--pruning", "instead: the same seeded search with and without the "
                 "pruner",
                 kwargs=lambda a: {"n_configs": a.n_configs, "from_study": a.from_study,

@@ -1,0 +1,145 @@
+"""`study bench --floor`: the least time the main job (`study run`) can take on this machine.
+It counts the FLOPs of the job's trainings and evaluations on the profile's windows (real
+tokens, no padding; 6 a non-embedding parameter and token to train, 2 to answer, plus
+attention: study.bench.cpu.step_flops) and divides them by this CPU's fp32 GEMM peak
+(reports/bench.json `cpu.gemm`, from `study bench --cpu`): the search's and the seeds'
+trainings at `runtime.processes` times the peak of `runtime.process_threads` threads, every
+other training at the peak of `runtime.threads` threads. Everything else a run does (padding,
+the optimizer, the embedding table, Python, tracking, saving, the best stage's latencies)
+adds time: no implementation of the recipe runs the job faster on this machine. Into
+reports/bench.json `floor`, in minutes by stage.
+
+The search's trainings are counted as the profile's search study recorded them (each trial's
+steps and tune evaluations, pruning included) when the study is there, else as if no trial
+were pruned; the section says which. The seeds stage is counted with three arms."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from study.bench.common import read_bench, write_section
+from study.bench.cpu import model_shape, step_flops
+from study.config import Config
+from study.errors import StudyError
+
+TERA = 1e12
+
+
+def window_flops(shape: dict, lengths) -> tuple[float, float]:
+    """(one epoch of training, one answering pass) over windows of these lengths, unpadded."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    train = float(sum(step_flops(shape, 1, n) for n in lengths))
+    return train, train / 3
+
+
+def split_lengths(windows) -> dict[str, list[int]]:
+    return {name: [len(ids) for ids in getattr(windows, name)["input_ids"]]
+            for name in ("train", "tune", "dev")}
+
+
+def recorded_search(cfg: Config, full_steps: int, rounds: int) -> tuple[str, list[dict]]:
+    """Each search trial's (steps, tune evaluations, scored on dev): as the profile's study
+    recorded them when it has every configuration, else all unpruned."""
+    import optuna
+
+    from study.search import STEPS_ATTR
+
+    full = {"steps": full_steps, "tune": rounds + 1, "dev": 1}
+    url = cfg.storage_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return "no search study: every trial unpruned", [full] * cfg.search.n_trials
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=cfg.search.study_name, storage=url)
+    except KeyError:  # the database holds no such study
+        return "no search study: every trial unpruned", [full] * cfg.search.n_trials
+    done = [t for t in study.trials if t.state.is_finished() and STEPS_ATTR in t.user_attrs]
+    if len(done) < cfg.search.n_trials:
+        return (f"{len(done)} of {cfg.search.n_trials} trials recorded: every trial unpruned",
+                [full] * cfg.search.n_trials)
+    return "the search study's recorded trials", [
+        {"steps": int(t.user_attrs[STEPS_ATTR]), "tune": len(t.intermediate_values),
+         "dev": int(t.state == optuna.trial.TrialState.COMPLETE)} for t in done]
+
+
+def run(cfg: Config) -> dict:
+    from study.fit import data_windows
+    from study.modeling import build_student
+    from study.search import evaluation_rounds
+    from study.teacher import initial
+
+    gemm = read_bench(cfg).get("cpu", {}).get("gemm")
+    if not gemm:
+        raise StudyError("reports/bench.json has no `cpu.gemm`: run `study bench --cpu --parts "
+                         "gemm` first (the floor divides by this machine's GEMM peak)")
+    peak = {int(t): g["peak_gflops"] * 1e9 for t, g in gemm.items()}
+    rt = cfg.runtime
+
+    def rate(threads: int) -> float:
+        if threads not in peak:
+            raise StudyError(f"reports/bench.json `cpu.gemm` has no {threads}-thread peak")
+        return peak[threads]
+
+    student, tokenizer = build_student(cfg.student, cfg.seed)
+    teacher, teacher_tokenizer = initial(cfg)
+    s_shape, t_shape = model_shape(student), model_shape(teacher)
+    s_len = split_lengths(data_windows(cfg, tokenizer)[2])
+    t_len = split_lengths(data_windows(cfg, teacher_tokenizer)[2])
+    s_epoch, _ = window_flops(s_shape, s_len["train"])
+    s_tune, s_dev = window_flops(s_shape, s_len["tune"])[1], window_flops(s_shape, s_len["dev"])[1]
+    t_epoch, t_train_pass = window_flops(t_shape, t_len["train"])
+    t_tune, t_dev = window_flops(t_shape, t_len["tune"])[1], window_flops(t_shape, t_len["dev"])[1]
+
+    spec = cfg.student.train
+    per_epoch = math.ceil(len(s_len["train"]) / spec.batch_size)
+    full_steps = math.ceil(spec.epochs * per_epoch)
+    rounds = evaluation_rounds(cfg) if spec.evals_per_epoch else 0
+    live = cfg.distill.teacher_logits == "live"
+
+    def training(steps: int, tune: int, dev: int, distilled: bool) -> float:
+        epochs = steps / per_epoch
+        teacher_passes = epochs * t_train_pass if distilled and live else 0.0
+        return epochs * s_epoch + teacher_passes + tune * s_tune + dev * s_dev
+
+    source, trials = recorded_search(cfg, full_steps, rounds)
+    teacher_epochs = 0 if cfg.teacher.checkpoint else cfg.teacher.train.epochs
+    flops = {
+        "teacher": teacher_epochs * t_epoch + (t_train_pass if not live else 0.0)
+        + t_tune + t_dev,
+        "baseline": training(full_steps, rounds + 1, 1, False),
+        "distill": training(full_steps, rounds + 1, 1, True),
+        "search": sum(training(t["steps"], t["tune"], t["dev"], True) for t in trials),
+        # Each seeds training is scored on tune and dev once, at its end.
+        "seeds": len(cfg.seeds.values) * sum(training(full_steps, 1, 1, d)
+                                              for d in (False, True, True)),
+    }
+    side_by_side = rt.processes * rate(rt.process_threads) if rt.processes > 1 \
+        else rate(rt.threads)
+    rates = {k: side_by_side if k in ("search", "seeds") else rate(rt.threads) for k in flops}
+    minutes = {k: round(v / rates[k] / 60, 2) for k, v in flops.items()}
+    minutes["total"] = round(sum(minutes.values()), 1)
+    steps = {"search": sum(t["steps"] for t in trials),
+             "seeds": 3 * len(cfg.seeds.values) * full_steps, "baseline_and_distill": 2 * full_steps}
+    section = {
+        "profile": cfg.profile, "search_counted_from": source,
+        "student_steps": {**steps, "total": sum(steps.values())},
+        "student_step_gflop_mean": round(s_epoch / per_epoch / 1e9, 1),
+        "tflop": {k: round(v / TERA, 1) for k, v in flops.items()},
+        "gflops_used": {k: round(v / 1e9, 1) for k, v in rates.items()},
+        "gemm_peak_from": read_bench(cfg)["cpu"].get("environment", {}).get("git_commit"),
+        "minutes": minutes,
+        "what": "FLOPs of the main job's trainings and evaluations on real tokens, at this "
+                "CPU's fp32 GEMM peak: a floor, not an estimate",
+    }
+    section = write_section(cfg, "floor", section)
+    print(f"floor: {section['student_steps']['total']} student steps "
+          f"({section['student_step_gflop_mean']} GFLOP each), "
+          f"{sum(section['tflop'].values()):.1f} TFLOP: at least {minutes['total']} min "
+          f"at the GEMM peak ({source})")
+    for k in flops:
+        print(f"floor: {k}: {section['tflop'][k]} TFLOP at {section['gflops_used'][k]} GFLOP/s "
+              f"= {minutes[k]} min")
+    return section

@@ -1,0 +1,91 @@
+"""`study bench --floor` (study/bench/floor.py): the main job's FLOPs counted on the smoke
+profile's real windows, divided by the GEMM peaks bench.json holds; the search counted as its
+study recorded it when the study is complete, else unpruned; refused without a GEMM peak."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from study import prepare
+from study.bench import cpu, floor
+from study.config import load_config
+from study.errors import StudyError
+from study.files import read_json
+from study.search import STEPS_ATTR
+
+PEAKS = {"1": {"peak_gflops": 10.0}, "2": {"peak_gflops": 16.0}}
+
+
+def test_window_flops_are_the_step_flops_of_each_window_and_a_third_to_answer():
+    shape = {"non_embedding_parameters": 1000, "layers": 2, "hidden": 4}
+    train, answer = floor.window_flops(shape, [5, 3])
+    assert train == cpu.step_flops(shape, 1, 5) + cpu.step_flops(shape, 1, 3)
+    assert answer == pytest.approx(train / 3)
+
+
+@pytest.fixture
+def smoke(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, "smoke", ["runtime.reports=reports", "runtime.processes=2"])
+    prepare.run(cfg)
+    (tmp_path / "reports").mkdir(exist_ok=True)
+    bench = tmp_path / "reports" / "bench.json"
+    bench.write_text(json.dumps({"cpu": {"gemm": PEAKS}, "other": {"kept": True}}))
+    return cfg, bench
+
+
+def test_an_unsearched_profile_counts_every_trial_unpruned_at_the_peaks(smoke):
+    cfg, bench = smoke
+    s = floor.run(cfg)
+    doc = read_json(bench, "benchmark file", "")
+    assert doc["other"] == {"kept": True} and doc["cpu"]["gemm"] == PEAKS
+    assert doc["floor"]["minutes"] == s["minutes"]
+    assert s["search_counted_from"].startswith("no search study")
+    assert not (bench.parent.parent / "artifacts" / "smoke" / "search").exists()  # none made
+    full = 18  # the smoke recipe: 2 epochs of 9 batches
+    assert s["student_steps"] == {"search": 3 * full, "seeds": 3 * 3 * full,
+                                  "baseline_and_distill": 2 * full, "total": 14 * full}
+    # Side by side: two 1-thread processes at the 1-thread peak; alone: the 2-thread peak.
+    assert s["gflops_used"] == {"teacher": 16.0, "baseline": 16.0, "distill": 16.0,
+                                "search": 20.0, "seeds": 20.0}
+    for stage, minutes in s["minutes"].items():
+        if stage != "total":
+            per_tflop = 1e3 / s["gflops_used"][stage] / 60  # minutes; TFLOP kept to 0.1
+            assert minutes == pytest.approx(s["tflop"][stage] * per_tflop,
+                                            abs=0.05 * per_tflop + 0.01)
+    # A cached teacher: the distilled trainings cost what the baseline does.
+    assert s["tflop"]["distill"] == s["tflop"]["baseline"] > 0
+    assert s["minutes"]["total"] == pytest.approx(
+        sum(v for k, v in s["minutes"].items() if k != "total"), abs=0.1)
+
+
+def test_a_complete_search_study_is_counted_as_recorded(smoke):
+    cfg, _ = smoke
+    unpruned = floor.run(cfg)
+    (smoke_dir := Path(cfg.storage_url.removeprefix("sqlite:///")).parent).mkdir(parents=True)
+    assert smoke_dir.is_dir()
+    study = optuna.create_study(study_name=cfg.search.study_name, storage=cfg.storage_url,
+                                direction="maximize")
+    states = [("COMPLETE", 18, 3), ("PRUNED", 9, 1), ("PRUNED", 9, 1)]
+    for state, steps, evals in states:
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState[state], value=1.0 if state == "COMPLETE" else None,
+            intermediate_values={i: 1.0 for i in range(evals)}, user_attrs={STEPS_ATTR: steps},
+            params={}, distributions={}))
+    s = floor.run(cfg)
+    assert s["search_counted_from"] == "the search study's recorded trials"
+    assert s["student_steps"]["search"] == 36
+    assert s["tflop"]["search"] < unpruned["tflop"]["search"]
+    assert s["tflop"]["seeds"] == unpruned["tflop"]["seeds"]
+
+
+def test_without_a_gemm_peak_it_is_refused_in_one_line(smoke):
+    cfg, bench = smoke
+    bench.write_text(json.dumps({"other": {"kept": True}}))
+    with pytest.raises(StudyError, match=r"no `cpu.gemm`: run `study bench --cpu --parts gemm`"):
+        floor.run(cfg)
+    assert json.loads(bench.read_text()) == {"other": {"kept": True}}
