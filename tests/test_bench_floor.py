@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from study import prepare
+from study import design, prepare
 from study.bench import cpu, floor
 from study.config import load_config
 from study.errors import StudyError
@@ -76,6 +76,8 @@ def test_a_complete_search_study_is_counted_as_recorded(smoke):
             state=optuna.trial.TrialState[state], value=1.0 if state == "COMPLETE" else None,
             intermediate_values={i: 1.0 for i in range(evals)}, user_attrs={STEPS_ATTR: steps},
             params={}, distributions={}))
+    assert floor.run(cfg)["search_counted_from"].startswith("the search study differs (not made")
+    design.initialise(study, cfg)  # stamped with the recipe and code, as `study search` does
     s = floor.run(cfg)
     assert s["search_counted_from"] == "the search study's recorded trials"
     assert s["student_steps"]["search"] == 36
@@ -89,3 +91,15 @@ def test_without_a_gemm_peak_it_is_refused_in_one_line(smoke):
     with pytest.raises(StudyError, match=r"no `cpu.gemm`: run `study bench --cpu --parts gemm`"):
         floor.run(cfg)
     assert json.loads(bench.read_text()) == {"other": {"kept": True}}
+
+
+def test_a_search_study_of_another_recipe_is_not_counted(smoke):
+    cfg, _ = smoke
+    Path(cfg.storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    study = optuna.create_study(study_name=cfg.search.study_name, storage=cfg.storage_url,
+                                direction="maximize")
+    design.initialise(study, cfg)
+    longer = load_config(None, "smoke", ["runtime.reports=reports", "student.train.epochs=4"])
+    s = floor.run(longer)
+    assert s["search_counted_from"].startswith("the search study differs (student.train.epochs")
+    assert s["student_steps"]["search"] == 3 * 36  # 4 epochs of 9 batches, unpruned

@@ -10,8 +10,9 @@ adds time: no implementation of the recipe runs the job faster on this machine. 
 reports/bench.json `floor`, in minutes by stage.
 
 The search's trainings are counted as the profile's search study recorded them (each trial's
-steps and tune evaluations, pruning included) when the study is there, else as if no trial
-were pruned; the section says which. The seeds stage is counted with three arms."""
+steps and tune evaluations, pruning included) when the study is there, complete, and made
+with the profile's settings and code; else as if no trial were pruned (the section says
+which): `--set student.train.epochs=4` gives another recipe's floor. The seeds stage is counted with three arms."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def recorded_search(cfg: Config, full_steps: int, rounds: int) -> tuple[str, lis
     recorded them when it has every configuration, else all unpruned."""
     import optuna
 
+    from study import design
     from study.search import STEPS_ATTR
 
     full = {"steps": full_steps, "tune": rounds + 1, "dev": 1}
@@ -56,6 +58,11 @@ def recorded_search(cfg: Config, full_steps: int, rounds: int) -> tuple[str, lis
         study = optuna.load_study(study_name=cfg.search.study_name, storage=url)
     except KeyError:  # the database holds no such study
         return "no search study: every trial unpruned", [full] * cfg.search.n_trials
+    differ = design.differences(study, cfg) if design.FIXED_ATTR in study.user_attrs \
+        else ["not made by `study search`"]
+    if differ:  # another recipe's trials say nothing of this one's
+        return (f"the search study differs ({differ[0]}): every trial unpruned",
+                [full] * cfg.search.n_trials)
     done = [t for t in study.trials if t.state.is_finished() and STEPS_ATTR in t.user_attrs]
     if len(done) < cfg.search.n_trials:
         return (f"{len(done)} of {cfg.search.n_trials} trials recorded: every trial unpruned",
