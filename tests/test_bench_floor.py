@@ -61,6 +61,15 @@ def test_an_unsearched_profile_counts_every_trial_unpruned_at_the_peaks(smoke):
     assert s["tflop"]["distill"] == s["tflop"]["baseline"] > 0
     assert s["minutes"]["total"] == pytest.approx(
         sum(v for k, v in s["minutes"].items() if k != "total"), abs=0.1)
+    assert s["minutes_at_bare_step_rate"] is None  # no `cpu.step` in bench.json
+
+
+def test_at_a_bare_steps_share_of_the_peak_the_minutes_grow_by_its_inverse(smoke):
+    cfg, bench = smoke
+    at_peak = floor.run(cfg)["minutes"]["total"]
+    step = {"threads": {t: {"bare_share_of_gemm_peak": 0.5} for t in ("1", "2")}}
+    bench.write_text(json.dumps({"cpu": {"gemm": PEAKS, "step": step}}))
+    assert floor.run(cfg)["minutes_at_bare_step_rate"] == pytest.approx(2 * at_peak, abs=0.15)
 
 
 def test_a_complete_search_study_is_counted_as_recorded(smoke):

@@ -72,6 +72,18 @@ def recorded_search(cfg: Config, full_steps: int, rounds: int) -> tuple[str, lis
          "dev": int(t.state == optuna.trial.TrialState.COMPLETE)} for t in done]
 
 
+def bare_step_minutes(cpu: dict, flops: dict, rates: dict, rt) -> float | None:
+    """Total minutes at the share of the GEMM peak that `study bench --cpu` measured a bare
+    PyTorch step of the student reaching (None without that part): nearer what a run costs."""
+    shares = {int(t): r["bare_share_of_gemm_peak"]
+              for t, r in cpu.get("step", {}).get("threads", {}).items()}
+    side = rt.process_threads if rt.processes > 1 else rt.threads
+    if not {side, rt.threads} <= set(shares):
+        return None
+    return round(sum(v / (rates[k] * shares[side if k in ("search", "seeds") else rt.threads])
+                     for k, v in flops.items()) / 60, 1)
+
+
 def run(cfg: Config) -> dict:
     from study.fit import data_windows
     from study.modeling import build_student
@@ -128,6 +140,7 @@ def run(cfg: Config) -> dict:
     rates = {k: side_by_side if k in ("search", "seeds") else rate(rt.threads) for k in flops}
     minutes = {k: round(v / rates[k] / 60, 2) for k, v in flops.items()}
     minutes["total"] = round(sum(minutes.values()), 1)
+    at_bare = bare_step_minutes(read_bench(cfg)["cpu"], flops, rates, rt)
     steps = {"search": sum(t["steps"] for t in trials),
              "seeds": 3 * len(cfg.seeds.values) * full_steps, "baseline_and_distill": 2 * full_steps}
     section = {
@@ -138,6 +151,8 @@ def run(cfg: Config) -> dict:
         "gflops_used": {k: round(v / 1e9, 1) for k, v in rates.items()},
         "gemm_peak_from": read_bench(cfg)["cpu"].get("environment", {}).get("git_commit"),
         "minutes": minutes,
+        # The same FLOPs at the share of the peak a bare PyTorch step reaches (`cpu.step`).
+        "minutes_at_bare_step_rate": at_bare,
         "what": "FLOPs of the main job's trainings and evaluations on real tokens, at this "
                 "CPU's fp32 GEMM peak: a floor, not an estimate",
     }
@@ -145,7 +160,8 @@ def run(cfg: Config) -> dict:
     print(f"floor: {section['student_steps']['total']} student steps "
           f"({section['student_step_gflop_mean']} GFLOP each), "
           f"{sum(section['tflop'].values()):.1f} TFLOP: at least {minutes['total']} min "
-          f"at the GEMM peak ({source})")
+          f"at the GEMM peak ({source})"
+          + (f"; {at_bare} min at a bare PyTorch step's share of it" if at_bare else ""))
     for k in flops:
         print(f"floor: {k}: {section['tflop'][k]} TFLOP at {section['gflops_used'][k]} GFLOP/s "
               f"= {minutes[k]} min")
