@@ -97,7 +97,8 @@ def test_a_complete_search_study_is_counted_as_recorded(smoke):
 def test_without_a_gemm_peak_it_is_refused_in_one_line(smoke):
     cfg, bench = smoke
     bench.write_text(json.dumps({"other": {"kept": True}}))
-    with pytest.raises(StudyError, match=r"no `cpu.gemm`: run `study bench --cpu --parts gemm`"):
+    with pytest.raises(StudyError, match=r"^reports/bench.json has no `cpu.gemm`: run `study "
+                                         r"bench --cpu --parts gemm` first"):
         floor.run(cfg)
     assert json.loads(bench.read_text()) == {"other": {"kept": True}}
 

@@ -25,6 +25,7 @@ from study.bench.common import read_bench, write_section
 from study.bench.cpu import model_shape, step_flops
 from study.config import Config
 from study.errors import StudyError
+from study.layout import Layout
 
 TERA = 1e12
 
@@ -92,8 +93,9 @@ def run(cfg: Config) -> dict:
 
     gemm = read_bench(cfg).get("cpu", {}).get("gemm")
     if not gemm:
-        raise StudyError("reports/bench.json has no `cpu.gemm`: run `study bench --cpu --parts "
-                         "gemm` first (the floor divides by this machine's GEMM peak)")
+        raise StudyError(f"{Layout.of(cfg).reports.bench} has no `cpu.gemm`: run `study bench "
+                         "--cpu --parts gemm` first (the floor divides by this machine's GEMM "
+                         "peak)")
     peak = {int(t): g["peak_gflops"] * 1e9 for t, g in gemm.items()}
     rt = cfg.runtime
 
