@@ -11,8 +11,10 @@ reports/bench.json `floor`, in minutes by stage.
 
 The search's trainings are counted as the profile's search study recorded them (each trial's
 steps and tune evaluations, pruning included) when the study is there, complete, and made
-with the profile's settings and code; else as if no trial were pruned (the section says
-which): `--set student.train.epochs=4` gives another recipe's floor. The seeds stage is counted with three arms."""
+with the profile's settings and code, and the seeds stage with the arms its best trial gives
+(two when it is the authors' setting); else every trial as unpruned and three arms, an
+estimate rather than a floor (the section says which): `--set student.train.epochs=4` gives
+another recipe's."""
 
 from __future__ import annotations
 
@@ -42,35 +44,38 @@ def split_lengths(windows) -> dict[str, list[int]]:
             for name in ("train", "tune", "dev")}
 
 
-def recorded_search(cfg: Config, full_steps: int, rounds: int) -> tuple[str, list[dict]]:
-    """Each search trial's (steps, tune evaluations, scored on dev): as the profile's study
-    recorded them when it has every configuration, else all unpruned."""
+def recorded_search(cfg: Config, full_steps: int, tune_passes: int
+                    ) -> tuple[str, list[dict], int]:
+    """Each search trial's (steps, tune evaluations, scored on dev), and the arms the seeds
+    stage trains: as the profile's study recorded them when it has every configuration, else
+    every trial unpruned and three arms."""
     import optuna
 
     from study import design
     from study.search import STEPS_ATTR
 
-    full = {"steps": full_steps, "tune": rounds + 1, "dev": 1}
+    full = [{"steps": full_steps, "tune": tune_passes, "dev": 1}] * cfg.search.n_trials
     url = cfg.storage_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return "no search study: every trial unpruned", [full] * cfg.search.n_trials
+        return "no search study: every trial unpruned", full, 3
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=cfg.search.study_name, storage=url)
     except KeyError:  # the database holds no such study
-        return "no search study: every trial unpruned", [full] * cfg.search.n_trials
+        return "no search study: every trial unpruned", full, 3
     differ = design.differences(study, cfg) if design.FIXED_ATTR in study.user_attrs \
         else ["not made by `study search`"]
     if differ:  # another recipe's trials say nothing of this one's
-        return (f"the search study differs ({differ[0]}): every trial unpruned",
-                [full] * cfg.search.n_trials)
+        return f"the search study differs ({differ[0]}): every trial unpruned", full, 3
     done = [t for t in study.trials if t.state.is_finished() and STEPS_ATTR in t.user_attrs]
     if len(done) < cfg.search.n_trials:
         return (f"{len(done)} of {cfg.search.n_trials} trials recorded: every trial unpruned",
-                [full] * cfg.search.n_trials)
+                full, 3)
+    # The authors' setting as the best: the seeds stage trains it once, as two arms' one.
+    arms = 2 if study.best_trial.user_attrs.get(design.ARM_ATTR) == "authors" else 3
     return "the search study's recorded trials", [
         {"steps": int(t.user_attrs[STEPS_ATTR]), "tune": len(t.intermediate_values),
-         "dev": int(t.state == optuna.trial.TrialState.COMPLETE)} for t in done]
+         "dev": int(t.state == optuna.trial.TrialState.COMPLETE)} for t in done], arms
 
 
 def bare_step_minutes(cpu: dict, flops: dict, rates: dict, rt) -> float | None:
@@ -88,8 +93,8 @@ def bare_step_minutes(cpu: dict, flops: dict, rates: dict, rt) -> float | None:
 def run(cfg: Config) -> dict:
     from study.fit import data_windows
     from study.modeling import build_student
-    from study.search import evaluation_rounds
     from study.teacher import initial
+    from study.trainer import eval_steps
 
     gemm = read_bench(cfg).get("cpu", {}).get("gemm")
     if not gemm:
@@ -101,7 +106,8 @@ def run(cfg: Config) -> dict:
 
     def rate(threads: int) -> float:
         if threads not in peak:
-            raise StudyError(f"reports/bench.json `cpu.gemm` has no {threads}-thread peak")
+            raise StudyError(f"{Layout.of(cfg).reports.bench} `cpu.gemm` has no "
+                             f"{threads}-thread peak")
         return peak[threads]
 
     student, tokenizer = build_student(cfg.student, cfg.seed)
@@ -117,7 +123,10 @@ def run(cfg: Config) -> dict:
     spec = cfg.student.train
     per_epoch = math.ceil(len(s_len["train"]) / spec.batch_size)
     full_steps = math.ceil(spec.epochs * per_epoch)
-    rounds = evaluation_rounds(cfg) if spec.evals_per_epoch else 0
+    # Tune passes of a full training: one at each evaluation step, and the final model's
+    # (answered at the last step, or by the scoring after it when that is no evaluation step).
+    every = eval_steps(len(s_len["train"]), spec.batch_size, spec.evals_per_epoch)
+    tune_passes = math.ceil(full_steps / every) if spec.evals_per_epoch else 1
     live = cfg.distill.teacher_logits == "live"
 
     def training(steps: int, tune: int, dev: int, distilled: bool) -> float:
@@ -125,17 +134,17 @@ def run(cfg: Config) -> dict:
         teacher_passes = epochs * t_train_pass if distilled and live else 0.0
         return epochs * s_epoch + teacher_passes + tune * s_tune + dev * s_dev
 
-    source, trials = recorded_search(cfg, full_steps, rounds)
+    source, trials, arms = recorded_search(cfg, full_steps, tune_passes)
     teacher_epochs = 0 if cfg.teacher.checkpoint else cfg.teacher.train.epochs
     flops = {
         "teacher": teacher_epochs * t_epoch + (t_train_pass if not live else 0.0)
         + t_tune + t_dev,
-        "baseline": training(full_steps, rounds + 1, 1, False),
-        "distill": training(full_steps, rounds + 1, 1, True),
+        "baseline": training(full_steps, tune_passes, 1, False),
+        "distill": training(full_steps, tune_passes, 1, True),
         "search": sum(training(t["steps"], t["tune"], t["dev"], True) for t in trials),
         # Each seeds training is scored on tune and dev once, at its end.
         "seeds": len(cfg.seeds.values) * sum(training(full_steps, 1, 1, d)
-                                              for d in (False, True, True)),
+                                              for d in (False, True, True)[:arms]),
     }
     side_by_side = rt.processes * rate(rt.process_threads) if rt.processes > 1 \
         else rate(rt.threads)
@@ -144,12 +153,13 @@ def run(cfg: Config) -> dict:
     minutes["total"] = round(sum(minutes.values()), 1)
     at_bare = bare_step_minutes(read_bench(cfg)["cpu"], flops, rates, rt)
     steps = {"search": sum(t["steps"] for t in trials),
-             "seeds": 3 * len(cfg.seeds.values) * full_steps, "baseline_and_distill": 2 * full_steps}
+             "seeds": arms * len(cfg.seeds.values) * full_steps,
+             "baseline_and_distill": 2 * full_steps}
     section = {
-        "profile": cfg.profile, "search_counted_from": source,
+        "profile": cfg.profile, "search_counted_from": source, "seeds_arms": arms,
         "student_steps": {**steps, "total": sum(steps.values())},
         "student_step_gflop_mean": round(s_epoch / per_epoch / 1e9, 1),
-        "tflop": {k: round(v / TERA, 1) for k, v in flops.items()},
+        "tflop": {k: round(v / TERA, 3) for k, v in flops.items()},
         "gflops_used": {k: round(v / 1e9, 1) for k, v in rates.items()},
         "gemm_peak_from": read_bench(cfg)["cpu"].get("environment", {}).get("git_commit"),
         "minutes": minutes,
