@@ -5,7 +5,6 @@ study recorded it when the study is complete, else unpruned; refused without a G
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest
@@ -18,6 +17,7 @@ from study.files import read_json
 from study.fit import data_windows
 from study.modeling import build_student
 from study.search import STEPS_ATTR
+from study.storage import sqlite_path
 
 PEAKS = {"1": {"peak_gflops": 10.0}, "2": {"peak_gflops": 16.0}}
 
@@ -73,21 +73,26 @@ def test_at_a_bare_steps_share_of_the_peak_the_minutes_grow_by_its_inverse(smoke
     assert floor.run(cfg)["minutes_at_bare_step_rate"] == pytest.approx(2 * at_peak, abs=0.15)
 
 
-def recorded_study(cfg, best_arm: str, stamped: bool = True) -> None:
-    """The profile's study, made anew: one complete trial of 18 steps (the best, of arm
-    `best_arm`) and two pruned at 9, stamped with the recipe and code as `study search` does."""
+SEARCHED = {"temperature": 6.5, "alpha_ce": 0.8, "alpha_squad": 0.1}
+SPACE = {k: optuna.distributions.FloatDistribution(0.0, 20.0) for k in SEARCHED}
+
+
+def recorded_study(cfg, best_params: dict, stamped: bool = True) -> None:
+    """The profile's study, made anew: one complete trial of 18 steps (the best, with
+    `best_params`) and two pruned at 9, stamped with the recipe and code as `study search`
+    does."""
     storage = cfg.storage_url
-    Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    sqlite_path(storage).parent.mkdir(parents=True, exist_ok=True)
     if cfg.search.study_name in optuna.get_all_study_names(storage):
         optuna.delete_study(study_name=cfg.search.study_name, storage=storage)
     study = optuna.create_study(study_name=cfg.search.study_name, storage=storage,
                                 direction="maximize")
-    for state, steps, evals, arm in [("COMPLETE", 18, 2, best_arm), ("PRUNED", 9, 1, "searched"),
-                                     ("PRUNED", 9, 1, "searched")]:
+    for state, steps, evals, params in [("COMPLETE", 18, 2, best_params),
+                                        ("PRUNED", 9, 1, SEARCHED), ("PRUNED", 9, 1, SEARCHED)]:
         study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState[state], value=1.0 if state == "COMPLETE" else None,
-            intermediate_values={i: 1.0 for i in range(evals)},
-            user_attrs={STEPS_ATTR: steps, design.ARM_ATTR: arm}, params={}, distributions={}))
+            intermediate_values={i: 1.0 for i in range(evals)}, user_attrs={STEPS_ATTR: steps},
+            params=params, distributions=SPACE))
     if stamped:
         design.initialise(study, cfg)
 
@@ -95,9 +100,9 @@ def recorded_study(cfg, best_arm: str, stamped: bool = True) -> None:
 def test_a_complete_search_study_is_counted_as_recorded(smoke):
     cfg, _ = smoke
     unpruned = floor.run(cfg)
-    recorded_study(cfg, "searched", stamped=False)
+    recorded_study(cfg, SEARCHED, stamped=False)
     assert floor.run(cfg)["search_counted_from"].startswith("the search study differs (not made")
-    recorded_study(cfg, "searched")
+    recorded_study(cfg, SEARCHED)
     s = floor.run(cfg)
     assert s["search_counted_from"] == "the search study's recorded trials"
     assert s["student_steps"]["search"] == 36
@@ -106,7 +111,8 @@ def test_a_complete_search_study_is_counted_as_recorded(smoke):
     assert s["seeds_arms"] == unpruned["seeds_arms"] == 3
     assert s["tflop"]["seeds"] == unpruned["tflop"]["seeds"]
 
-    recorded_study(cfg, "authors")  # the authors' setting as the best: two arms to train
+    # The authors' setting as the best: the seeds stage trains two arms.
+    recorded_study(cfg, design.authors_params(cfg))
     s = floor.run(cfg)
     assert s["seeds_arms"] == 2 and s["student_steps"]["seeds"] == 2 * 3 * 18
     assert s["tflop"]["seeds"] == pytest.approx(unpruned["tflop"]["seeds"] * 2 / 3, abs=0.002)
@@ -119,10 +125,10 @@ def test_a_full_training_answers_tune_at_each_evaluation_and_once_for_its_final_
     one = floor.run(cfg)
     two = floor.run(load_config(None, "smoke", ["runtime.reports=reports", "runtime.processes=2",
                                                 "student.train.evals_per_epoch=2"]))
+    student, tokenizer = build_student(cfg.student, cfg.seed)
     _, answer_tune = floor.window_flops(
-        cpu.model_shape(build_student(cfg.student, cfg.seed)[0]),
-        [len(ids) for ids in data_windows(cfg, build_student(cfg.student, cfg.seed)[1])[2]
-         .tune["input_ids"]])
+        cpu.model_shape(student),
+        [len(ids) for ids in data_windows(cfg, tokenizer)[2].tune["input_ids"]])
     assert (two["tflop"]["baseline"] - one["tflop"]["baseline"]) * 1e12 == pytest.approx(
         3 * answer_tune, abs=0.0011e12)  # TFLOP kept to 0.001
 
@@ -138,7 +144,7 @@ def test_without_a_gemm_peak_it_is_refused_in_one_line(smoke):
 
 def test_a_search_study_of_another_recipe_is_not_counted(smoke):
     cfg, _ = smoke
-    Path(cfg.storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    sqlite_path(cfg.storage_url).parent.mkdir(parents=True)
     study = optuna.create_study(study_name=cfg.search.study_name, storage=cfg.storage_url,
                                 direction="maximize")
     design.initialise(study, cfg)

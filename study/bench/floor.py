@@ -19,7 +19,6 @@ another recipe's."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -32,10 +31,13 @@ from study.layout import Layout
 TERA = 1e12
 
 
+# The stages whose trainings run side by side (`runtime.processes`, `runtime.process_threads`).
+SIDE_BY_SIDE = ("search", "seeds")
+
+
 def window_flops(shape: dict, lengths) -> tuple[float, float]:
     """(one epoch of training, one answering pass) over windows of these lengths, unpadded."""
-    lengths = np.asarray(lengths, dtype=np.float64)
-    train = float(sum(step_flops(shape, 1, n) for n in lengths))
+    train = float(step_flops(shape, 1, np.asarray(lengths, dtype=np.float64)).sum())
     return train, train / 3
 
 
@@ -51,12 +53,13 @@ def recorded_search(cfg: Config, full_steps: int, tune_passes: int
     every trial unpruned and three arms."""
     import optuna
 
-    from study import design
+    from study import design, seeds
     from study.search import STEPS_ATTR
+    from study.storage import sqlite_path
 
     full = [{"steps": full_steps, "tune": tune_passes, "dev": 1}] * cfg.search.n_trials
     url = cfg.storage_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    if (db := sqlite_path(url)) is not None and not db.exists():
         return "no search study: every trial unpruned", full, 3
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -71,23 +74,24 @@ def recorded_search(cfg: Config, full_steps: int, tune_passes: int
     if len(done) < cfg.search.n_trials:
         return (f"{len(done)} of {cfg.search.n_trials} trials recorded: every trial unpruned",
                 full, 3)
-    # The authors' setting as the best: the seeds stage trains it once, as two arms' one.
-    arms = 2 if study.best_trial.user_attrs.get(design.ARM_ATTR) == "authors" else 3
+    # The seeds stage's rule (seeds.train_seeds): when the best is the authors' setting, its
+    # distilled arm is the authors' arm, trained once.
+    settings = seeds.arms(cfg, study.best_trial)
+    arms = 2 if settings["distilled"] == settings["authors"] else 3
     return "the search study's recorded trials", [
         {"steps": int(t.user_attrs[STEPS_ATTR]), "tune": len(t.intermediate_values),
          "dev": int(t.state == optuna.trial.TrialState.COMPLETE)} for t in done], arms
 
 
-def bare_step_minutes(cpu: dict, flops: dict, rates: dict, rt) -> float | None:
+def bare_step_minutes(cpu: dict, flops: dict, rates: dict, threads: dict) -> float | None:
     """Total minutes at the share of the GEMM peak that `study bench --cpu` measured a bare
-    PyTorch step of the student reaching (None without that part): nearer what a run costs."""
+    PyTorch step of the student reaching with each stage's threads (None without that part):
+    nearer what a run costs."""
     shares = {int(t): r["bare_share_of_gemm_peak"]
               for t, r in cpu.get("step", {}).get("threads", {}).items()}
-    side = rt.process_threads if rt.processes > 1 else rt.threads
-    if not {side, rt.threads} <= set(shares):
+    if not set(threads.values()) <= set(shares):
         return None
-    return round(sum(v / (rates[k] * shares[side if k in ("search", "seeds") else rt.threads])
-                     for k, v in flops.items()) / 60, 1)
+    return round(sum(v / (rates[k] * shares[threads[k]]) for k, v in flops.items()) / 60, 1)
 
 
 def run(cfg: Config) -> dict:
@@ -96,7 +100,8 @@ def run(cfg: Config) -> dict:
     from study.teacher import initial
     from study.trainer import eval_steps
 
-    gemm = read_bench(cfg).get("cpu", {}).get("gemm")
+    cpu = read_bench(cfg).get("cpu", {})
+    gemm = cpu.get("gemm")
     if not gemm:
         raise StudyError(f"{Layout.of(cfg).reports.bench} has no `cpu.gemm`: run `study bench "
                          "--cpu --parts gemm` first (the floor divides by this machine's GEMM "
@@ -146,12 +151,14 @@ def run(cfg: Config) -> dict:
         "seeds": len(cfg.seeds.values) * sum(training(full_steps, 1, 1, d)
                                               for d in (False, True, True)[:arms]),
     }
-    side_by_side = rt.processes * rate(rt.process_threads) if rt.processes > 1 \
-        else rate(rt.threads)
-    rates = {k: side_by_side if k in ("search", "seeds") else rate(rt.threads) for k in flops}
+    # Each stage's threads a process, and its processes side by side.
+    side = rt.processes > 1
+    threads = {k: rt.process_threads if side and k in SIDE_BY_SIDE else rt.threads for k in flops}
+    rates = {k: (rt.processes if side and k in SIDE_BY_SIDE else 1) * rate(threads[k])
+             for k in flops}
     minutes = {k: round(v / rates[k] / 60, 2) for k, v in flops.items()}
     minutes["total"] = round(sum(minutes.values()), 1)
-    at_bare = bare_step_minutes(read_bench(cfg)["cpu"], flops, rates, rt)
+    at_bare = bare_step_minutes(cpu, flops, rates, threads)
     steps = {"search": sum(t["steps"] for t in trials),
              "seeds": arms * len(cfg.seeds.values) * full_steps,
              "baseline_and_distill": 2 * full_steps}
@@ -161,7 +168,7 @@ def run(cfg: Config) -> dict:
         "student_step_gflop_mean": round(s_epoch / per_epoch / 1e9, 1),
         "tflop": {k: round(v / TERA, 3) for k, v in flops.items()},
         "gflops_used": {k: round(v / 1e9, 1) for k, v in rates.items()},
-        "gemm_peak_from": read_bench(cfg)["cpu"].get("environment", {}).get("git_commit"),
+        "gemm_peak_from": cpu.get("environment", {}).get("git_commit"),
         "minutes": minutes,
         # The same FLOPs at the share of the peak a bare PyTorch step reaches (`cpu.step`).
         "minutes_at_bare_step_rate": at_bare,
